@@ -1,0 +1,111 @@
+'use strict';
+
+/**
+ * The PM2 declaration: one app in cluster mode, every worker started with the
+ * OpenTelemetry preload (`-r`), its settings in the `env` block.
+ *
+ * Values come from the shell that runs `pm2 start` when set there, and from
+ * the defaults below otherwise (the seed's `start.sh` pattern):
+ *
+ *   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317 npm start
+ *
+ * PM2 keeps the env an app was started with: after changing a value, use
+ * `pm2 reload ecosystem.config.js --update-env` (or delete and start again).
+ */
+const path = require('node:path');
+const { version } = require('./package.json');
+
+const env = process.env;
+const APP_NAME = env.APP_NAME || 'koa-otel-app';
+
+/** Milliseconds from the environment, or the default (PM2 wants numbers here). */
+function ms(name, fallback) {
+  const value = env[name];
+  if (value === undefined || value === '') return fallback;
+  if (!/^\d+$/.test(value)) throw new Error(`${name} must be a whole number of milliseconds, got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+const drainTimeoutMs = ms('DRAIN_TIMEOUT_MS', 3000);
+const flushTimeoutMs = ms('FLUSH_TIMEOUT_MS', 2000);
+
+/** Only the variables that are set: an unset OTEL_* variable keeps its standard default. */
+function pick(names) {
+  const picked = {};
+  for (const name of names) if (env[name] !== undefined && env[name] !== '') picked[name] = env[name];
+  return picked;
+}
+
+module.exports = {
+  apps: [
+    {
+      name: APP_NAME,
+      // An absolute path: PM2 resolves `-r` against the daemon's working
+      // directory, which need not be this one (a boot-time `pm2 resurrect`).
+      script: path.join(__dirname, 'dist/src/server.js'),
+      cwd: __dirname,
+      exec_mode: 'cluster',
+      instances: Number(env.WEB_CONCURRENCY) || 2,
+      node_args: ['-r', path.join(__dirname, 'dist/otel/register.js')],
+
+      // Readiness: a worker is online (and a reload moves on) once it has
+      // listened and sent 'ready'. Shutdown: drain, then flush, within kill_timeout.
+      wait_ready: true,
+      listen_timeout: ms('LISTEN_TIMEOUT_MS', 10000),
+      kill_timeout: ms('KILL_TIMEOUT_MS', drainTimeoutMs + flushTimeoutMs + 1000),
+      shutdown_with_message: false,
+
+      // Restart-on-leak (Gunicorn `max_requests` has no PM2 equivalent; see README).
+      max_memory_restart: env.MAX_MEMORY_RESTART || '512M',
+      exp_backoff_restart_delay: 100,
+      min_uptime: 5000,
+      max_restarts: 16,
+
+      // PM2's own APM agent (@pm2/io) wraps http.Server like OpenTelemetry
+      // does, and `trace: true` would start a second SDK in each worker.
+      pmx: false,
+      automation: false,
+      trace: false,
+      vizion: false,
+
+      merge_logs: true,
+      time: false,
+
+      env: {
+        NODE_ENV: env.NODE_ENV || 'production',
+        HOST: env.HOST || '0.0.0.0',
+        PORT: env.PORT || '8000',
+        DRAIN_TIMEOUT_MS: String(drainTimeoutMs),
+        FLUSH_TIMEOUT_MS: String(flushTimeoutMs),
+        ...pick(['BACKLOG', 'KEEP_ALIVE_TIMEOUT_MS', 'REQUEST_TIMEOUT_MS', 'MAX_CONNECTIONS']),
+
+        OTEL_SERVICE_NAME: env.OTEL_SERVICE_NAME || APP_NAME,
+        OTEL_RESOURCE_ATTRIBUTES: env.OTEL_RESOURCE_ATTRIBUTES || `service.version=${version}`,
+        ...pick([
+          'OTEL_SDK_DISABLED',
+          'OTEL_TRACES_EXPORTER',
+          'OTEL_EXPORTER_OTLP_ENDPOINT',
+          'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT',
+          'OTEL_EXPORTER_OTLP_PROTOCOL',
+          'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL',
+          'OTEL_EXPORTER_OTLP_HEADERS',
+          'OTEL_EXPORTER_OTLP_TRACES_HEADERS',
+          'OTEL_EXPORTER_OTLP_COMPRESSION',
+          'OTEL_EXPORTER_OTLP_TIMEOUT',
+          'OTEL_TRACES_SAMPLER',
+          'OTEL_TRACES_SAMPLER_ARG',
+          'OTEL_PROPAGATORS',
+          'OTEL_NODE_RESOURCE_DETECTORS',
+          'OTEL_NODE_ENABLED_INSTRUMENTATIONS',
+          'OTEL_NODE_DISABLED_INSTRUMENTATIONS',
+          'OTEL_NODE_EXCLUDED_URLS',
+          'OTEL_BSP_SCHEDULE_DELAY',
+          'OTEL_BSP_MAX_QUEUE_SIZE',
+          'OTEL_BSP_MAX_EXPORT_BATCH_SIZE',
+          'OTEL_BSP_EXPORT_TIMEOUT',
+          'OTEL_LOG_LEVEL',
+        ]),
+      },
+    },
+  ],
+};

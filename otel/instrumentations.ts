@@ -1,0 +1,102 @@
+/**
+ * Which instrumentations and resource detectors to load, loaded only when
+ * asked for.
+ *
+ * `@opentelemetry/auto-instrumentations-node` requires all of its ~45
+ * instrumentation packages as soon as it is loaded, whichever are enabled
+ * (~1,400 modules). The kit's own service needs three: http (server spans
+ * and outgoing `http` calls), koa (the route name) and undici (`fetch`). Those
+ * are constructed directly; the bundle is loaded only when
+ * `OTEL_NODE_ENABLED_INSTRUMENTATIONS` asks for anything else, so adding a
+ * database client later is still one setting away.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Instrumentation } from '@opentelemetry/instrumentation';
+import type { ResourceDetector } from '@opentelemetry/resources';
+import { LEAN_INSTRUMENTATIONS, type TelemetrySettings } from './settings';
+
+type Config = Record<string, unknown>;
+
+/** Per-instrumentation configuration shared by the lean path and the bundle. */
+function configs(settings: TelemetrySettings): Record<string, Config> {
+  const excluded = new Set(settings.excludedPaths);
+  return {
+    http: {
+      // Health checks are polled every few seconds by PM2 users and load balancers: no spans.
+      ignoreIncomingRequestHook: (request: IncomingMessage) => {
+        const url = request.url ?? '';
+        const end = url.indexOf('?');
+        return excluded.has(end === -1 ? url : url.slice(0, end));
+      },
+    },
+    // Router layers name the route (`http.route`, and the server span's name);
+    // a span per plain middleware would only repeat the request.
+    koa: { ignoreLayersType: ['middleware'] },
+    undici: {},
+  };
+}
+
+/** Builds the enabled instrumentations; call before the modules they patch are required. */
+export function loadInstrumentations(settings: TelemetrySettings): Instrumentation[] {
+  const names = settings.instrumentations;
+  const config = configs(settings);
+  const lean = names.every((name) => (LEAN_INSTRUMENTATIONS as readonly string[]).includes(name));
+  if (lean) {
+    return names.map((name) => {
+      switch (name) {
+        case 'http': {
+          const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
+          return new HttpInstrumentation(config.http);
+        }
+        case 'koa': {
+          const { KoaInstrumentation } = require('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa');
+          return new KoaInstrumentation(config.koa);
+        }
+        default: {
+          const { UndiciInstrumentation } = require('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici');
+          return new UndiciInstrumentation(config.undici);
+        }
+      }
+    });
+  }
+
+  // The bundle reads OTEL_NODE_ENABLED_INSTRUMENTATIONS / _DISABLED_ itself,
+  // with the same short names; `all` is ours and means "its default set".
+  const { getNodeAutoInstrumentations } = require('@opentelemetry/auto-instrumentations-node') as typeof import('@opentelemetry/auto-instrumentations-node');
+  const bundleConfig = Object.fromEntries(
+    Object.entries(config).map(([name, value]) => [`@opentelemetry/instrumentation-${name}`, value]),
+  );
+  if (!names.includes('all')) return getNodeAutoInstrumentations(bundleConfig);
+  const enabled = process.env.OTEL_NODE_ENABLED_INSTRUMENTATIONS;
+  delete process.env.OTEL_NODE_ENABLED_INSTRUMENTATIONS;
+  try {
+    return getNodeAutoInstrumentations(bundleConfig);
+  } finally {
+    process.env.OTEL_NODE_ENABLED_INSTRUMENTATIONS = enabled;
+  }
+}
+
+/** The resource detectors named by OTEL_NODE_RESOURCE_DETECTORS, each module loaded only if named. */
+export function loadResourceDetectors(names: readonly string[]): ResourceDetector[] {
+  if (names.includes('none')) return [];
+  const all = names.includes('all');
+  const wanted = (name: string): boolean => all || names.includes(name);
+  const resources = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
+  const detectors: ResourceDetector[] = [];
+  // Order matters: later detectors win, and `env` (OTEL_RESOURCE_ATTRIBUTES,
+  // OTEL_SERVICE_NAME) comes last so that what the user sets wins.
+  if (wanted('host')) detectors.push(resources.hostDetector);
+  if (wanted('os')) detectors.push(resources.osDetector);
+  if (wanted('process')) detectors.push(resources.processDetector);
+  if (wanted('serviceinstance')) detectors.push(resources.serviceInstanceIdDetector);
+  if (wanted('container')) {
+    const { containerDetector } = require('@opentelemetry/resource-detector-container') as typeof import('@opentelemetry/resource-detector-container');
+    detectors.push(containerDetector);
+  }
+  if (wanted('aws')) {
+    const aws = require('@opentelemetry/resource-detector-aws') as typeof import('@opentelemetry/resource-detector-aws');
+    detectors.push(aws.awsEc2Detector, aws.awsEcsDetector, aws.awsEksDetector, aws.awsBeanstalkDetector, aws.awsLambdaDetector);
+  }
+  if (wanted('env')) detectors.push(resources.envDetector);
+  return detectors;
+}

@@ -1,0 +1,150 @@
+/**
+ * The telemetry preload, loaded into every worker by `node -r` (see
+ * `ecosystem.config.js`) before any of the app's modules, so that the
+ * instrumentations can patch `http` and `koa` as they are first required.
+ *
+ * It reads only `OTEL_*` variables (the app's config module reads the rest):
+ * the standard ones the SDK defines, plus the few of ours listed in the
+ * README. Under PM2 it first applies the app's own `OTEL_*` values (see
+ * `pm2Env.ts`).
+ *
+ * Telemetry never takes the app down: a bad setting or an SDK that fails to
+ * start costs one clear line on stderr, and the app serves uninstrumented.
+ *
+ * The app flushes telemetry at the right moment of its own shutdown through
+ * the hook published on `globalThis` (see `src/telemetry.ts`). For a script
+ * without signal handlers of its own, the preload flushes on SIGINT/SIGTERM
+ * and at `beforeExit` itself: PM2 stops workers with SIGINT, and NodeSDK
+ * registers no handler, so unflushed spans would die with the worker.
+ */
+import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
+import { RateLimitedDiagLogger, writeLine } from './diagLogger';
+import { loadInstrumentations, loadResourceDetectors } from './instrumentations';
+import { adoptPm2Env, type Pm2Process } from './pm2Env';
+import { readSettings, TelemetryConfigError, type TelemetrySettings } from './settings';
+
+/** Shared with `src/telemetry.ts`, which describes the contract. */
+const TELEMETRY_HOOK = Symbol.for('koa-pm2-otel.telemetry');
+
+function withTimeout(work: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      writeLine('warn', `telemetry flush did not finish within ${ms} ms; unsent spans are lost`);
+      resolve();
+    }, ms);
+    work.then(
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        writeLine('warn', `telemetry flush failed: ${error instanceof Error ? error.message : String(error)}`);
+        resolve();
+      },
+    );
+  });
+}
+
+function createExporter(name: string, settings: TelemetrySettings): SpanExporter {
+  if (name === 'console') {
+    const { JsonLineSpanExporter } = require('./consoleExporter') as typeof import('./consoleExporter');
+    return new JsonLineSpanExporter();
+  }
+  const otlp = settings.otlp;
+  if (otlp === undefined) throw new Error('OTLP settings missing');
+  // Headers, compression and timeout are read by the exporters from the
+  // standard variables, which readSettings has already checked.
+  switch (otlp.protocol) {
+    case 'grpc': {
+      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-grpc') as typeof import('@opentelemetry/exporter-trace-otlp-grpc');
+      return new OTLPTraceExporter({ url: otlp.url });
+    }
+    case 'http/protobuf': {
+      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-proto') as typeof import('@opentelemetry/exporter-trace-otlp-proto');
+      return new OTLPTraceExporter({ url: otlp.url });
+    }
+    default: {
+      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http');
+      return new OTLPTraceExporter({ url: otlp.url });
+    }
+  }
+}
+
+function pm2Attributes(pm2: Pm2Process | undefined): Record<string, string | number> {
+  const attributes: Record<string, string | number> = {};
+  if (pm2?.name !== undefined) attributes['pm2.app.name'] = pm2.name;
+  if (pm2?.pmId !== undefined) attributes['pm2.id'] = pm2.pmId;
+  if (pm2?.instance !== undefined) attributes['pm2.instance'] = pm2.instance;
+  return attributes;
+}
+
+/** Flushes on SIGINT/SIGTERM only when nothing else handles the signal, then lets it act as usual. */
+function flushOnSignal(signal: NodeJS.Signals, shutdown: () => Promise<void>): void {
+  process.once(signal, () => {
+    if (process.listenerCount(signal) > 0) return; // the app handles it, and flushes through the hook
+    void shutdown().then(() => process.kill(process.pid, signal));
+  });
+}
+
+function start(): void {
+  const pm2 = adoptPm2Env();
+  const settings = readSettings(process.env);
+  // Disabled means disabled: nothing below is even loaded, so nothing is patched.
+  if (settings.disabled) return;
+
+  const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
+  const secrets = Object.values(settings.otlp?.headers ?? {});
+  api.diag.setLogger(new RateLimitedDiagLogger(secrets), {
+    logLevel: api.DiagLogLevel[settings.logLevel.toUpperCase() as keyof typeof api.DiagLogLevel],
+    suppressOverrideMessage: true,
+  });
+
+  const instrumentations = loadInstrumentations(settings);
+  const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
+  const spanProcessors: SpanProcessor[] = settings.exporters.map(
+    (name) => new BatchSpanProcessor({ exporter: createExporter(name, settings), ...settings.batch }),
+  );
+  const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
+  const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
+
+  // NodeSDK replaces the diag logger with a plain console one when
+  // OTEL_LOG_LEVEL is set; ours (rate-limited, redacting) must stay.
+  const logLevel = process.env.OTEL_LOG_LEVEL;
+  delete process.env.OTEL_LOG_LEVEL;
+  let sdk: InstanceType<typeof NodeSDK>;
+  try {
+    sdk = new NodeSDK({
+      resource: defaultResource().merge(resourceFromAttributes(pm2Attributes(pm2))),
+      resourceDetectors: loadResourceDetectors(settings.resourceDetectors),
+      instrumentations,
+      spanProcessors,
+      // Traces only: metrics and logs stay off until the kit exports them, so
+      // nothing retries against a collector that is not there.
+      metricReaders: [],
+      logRecordProcessors: [],
+    });
+  } finally {
+    if (logLevel !== undefined) process.env.OTEL_LOG_LEVEL = logLevel;
+  }
+  sdk.start();
+
+  let stopping: Promise<void> | undefined;
+  const hook = {
+    flush: (ms: number) => withTimeout(Promise.all(spanProcessors.map((processor) => processor.forceFlush())), ms),
+    shutdown: (ms: number) => (stopping ??= withTimeout(sdk.shutdown(), ms)),
+  };
+  (globalThis as Record<symbol, unknown>)[TELEMETRY_HOOK] = hook;
+
+  const fallbackMs = settings.batch.exportTimeoutMillis;
+  flushOnSignal('SIGINT', () => hook.shutdown(fallbackMs));
+  flushOnSignal('SIGTERM', () => hook.shutdown(fallbackMs));
+  process.once('beforeExit', () => void hook.shutdown(fallbackMs));
+}
+
+try {
+  start();
+} catch (error) {
+  const reason = error instanceof TelemetryConfigError ? error.message : `SDK failed to start: ${error instanceof Error ? error.message : String(error)}`;
+  writeLine('error', `${reason}; telemetry is off, the app serves without it`);
+}

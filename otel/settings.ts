@@ -1,0 +1,244 @@
+/**
+ * Turns the standard `OTEL_*` variables into the settings the preload acts
+ * on, checking every value first so that a mistake yields one clear line
+ * naming the variable, instead of an SDK that half-works in silence.
+ *
+ * Pure: it reads only the env object it is given, so it is unit-tested
+ * in-process while the preload itself is tested in a child process.
+ */
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+export type OtlpProtocol = 'grpc' | 'http/protobuf' | 'http/json';
+export type TraceExporterName = 'otlp' | 'console';
+
+export interface OtlpSettings {
+  readonly protocol: OtlpProtocol;
+  /** Full URL: for HTTP it includes the `/v1/traces` path. */
+  readonly url: string;
+  /** Decoded header names and values. Values are secrets: never log them. */
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+export interface TelemetrySettings {
+  readonly disabled: boolean;
+  readonly exporters: readonly TraceExporterName[];
+  readonly otlp: OtlpSettings | undefined;
+  readonly resourceDetectors: readonly string[];
+  readonly instrumentations: readonly string[];
+  /** Request paths that produce no span (health checks). */
+  readonly excludedPaths: readonly string[];
+  readonly logLevel: 'none' | 'error' | 'warn' | 'info' | 'debug' | 'verbose' | 'all';
+  readonly batch: {
+    readonly maxQueueSize: number;
+    readonly maxExportBatchSize: number;
+    readonly scheduledDelayMillis: number;
+    readonly exportTimeoutMillis: number;
+  };
+}
+
+export class TelemetryConfigError extends Error {
+  override name = 'TelemetryConfigError';
+}
+
+/** Instrumentations the kit loads itself, without the auto-instrumentations bundle. */
+export const LEAN_INSTRUMENTATIONS = ['http', 'koa', 'undici'] as const;
+export const DEFAULT_RESOURCE_DETECTORS = ['env', 'host', 'os', 'process', 'serviceinstance', 'container'];
+export const KNOWN_RESOURCE_DETECTORS = [...DEFAULT_RESOURCE_DETECTORS, 'aws', 'all', 'none'];
+const SAMPLERS = [
+  'always_on',
+  'always_off',
+  'traceidratio',
+  'parentbased_always_on',
+  'parentbased_always_off',
+  'parentbased_traceidratio',
+];
+const PROPAGATORS = ['tracecontext', 'baggage', 'b3', 'b3multi', 'none'];
+const LOG_LEVELS = ['none', 'error', 'warn', 'info', 'debug', 'verbose', 'all'] as const;
+
+function text(env: Env, name: string): string | undefined {
+  const value = env[name]?.trim();
+  return value === undefined || value === '' ? undefined : value;
+}
+
+function list(env: Env, name: string): string[] | undefined {
+  const value = text(env, name);
+  if (value === undefined) return undefined;
+  return [...new Set(value.split(',').map((item) => item.trim()).filter((item) => item !== ''))];
+}
+
+function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new TelemetryConfigError(`${name}: unknown value "${value}", expected one of ${allowed.join(', ')}`);
+  }
+  return value as T;
+}
+
+function listOf(env: Env, name: string, allowed: readonly string[]): string[] | undefined {
+  const values = list(env, name);
+  for (const value of values ?? []) oneOf(name, value, allowed);
+  return values;
+}
+
+function nonNegative(env: Env, name: string, fallback: number): number {
+  const raw = text(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw)) throw new TelemetryConfigError(`${name} must be a non-negative integer, got "${raw}"`);
+  return Number(raw);
+}
+
+/** A URL is shown in messages without any user:password part. */
+function redactUrl(value: string): string {
+  return value.replace(/\/\/[^/@]*@/, '//***@');
+}
+
+function url(name: string, value: string): URL {
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    throw new TelemetryConfigError(`${name} must be a URL such as http://localhost:4317, got "${redactUrl(value)}"`);
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    throw new TelemetryConfigError(`${name} must be an http:// or https:// URL, got "${redactUrl(value)}"`);
+  }
+  return parsed;
+}
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * Parses a W3C-baggage-style header list (`key=value,key2=value2`, values
+ * URL-encoded, as the OTLP exporter spec defines it). Errors name the
+ * variable and the entry's position or key, never a value.
+ */
+export function parseHeaders(name: string, value: string | undefined): Record<string, string> {
+  const headers: Record<string, string> = {};
+  if (value === undefined) return headers;
+  const entries = value.split(',');
+  entries.forEach((entry, index) => {
+    if (entry.trim() === '') return;
+    const eq = entry.indexOf('=');
+    const position = `entry ${index + 1} of ${entries.length}`;
+    if (eq <= 0) throw new TelemetryConfigError(`${name}: ${position} is not key=value (values are not shown)`);
+    let key: string;
+    let decoded: string;
+    try {
+      key = decodeURIComponent(entry.slice(0, eq)).trim();
+    } catch {
+      throw new TelemetryConfigError(`${name}: ${position} has a malformed percent-encoding in its key`);
+    }
+    if (!HEADER_NAME.test(key)) throw new TelemetryConfigError(`${name}: ${position} has an invalid header name`);
+    try {
+      decoded = decodeURIComponent(entry.slice(eq + 1)).trim();
+    } catch {
+      throw new TelemetryConfigError(`${name}: the value of header "${key}" has a malformed percent-encoding (value not shown)`);
+    }
+    if (/[\r\n\0]/.test(decoded)) {
+      throw new TelemetryConfigError(`${name}: the value of header "${key}" contains a control character (value not shown)`);
+    }
+    headers[key.toLowerCase()] = decoded;
+  });
+  return headers;
+}
+
+function otlpSettings(env: Env): OtlpSettings {
+  const protocolVar = text(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL')
+    ? 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'
+    : 'OTEL_EXPORTER_OTLP_PROTOCOL';
+  const protocol = oneOf<OtlpProtocol>(protocolVar, text(env, protocolVar) ?? 'grpc', [
+    'grpc',
+    'http/protobuf',
+    'http/json',
+  ]);
+
+  // A signal-specific endpoint is used as is; the generic one is a base URL
+  // to which HTTP exporters append the signal's path (OTLP exporter spec).
+  const tracesEndpoint = text(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+  const baseEndpoint = text(env, 'OTEL_EXPORTER_OTLP_ENDPOINT');
+  let target: string;
+  if (tracesEndpoint !== undefined) {
+    target = url('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', tracesEndpoint).href;
+  } else {
+    const base = baseEndpoint ?? (protocol === 'grpc' ? 'http://localhost:4317' : 'http://localhost:4318');
+    const parsed = url('OTEL_EXPORTER_OTLP_ENDPOINT', base);
+    target = protocol === 'grpc' ? parsed.href : `${parsed.href.replace(/\/$/, '')}/v1/traces`;
+  }
+
+  const headers = {
+    ...parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_HEADERS')),
+    ...parseHeaders('OTEL_EXPORTER_OTLP_TRACES_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS')),
+  };
+  return { protocol, url: target, headers };
+}
+
+function exporterNames(env: Env): TraceExporterName[] {
+  const names = listOf(env, 'OTEL_TRACES_EXPORTER', ['otlp', 'console', 'none']);
+  if (names === undefined) {
+    // Without a collector to send to, spans go to stdout, where `pm2 logs` shows them.
+    const hasEndpoint = text(env, 'OTEL_EXPORTER_OTLP_ENDPOINT') ?? text(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+    return hasEndpoint === undefined ? ['console'] : ['otlp'];
+  }
+  if (names.includes('none')) return [];
+  return names as TraceExporterName[];
+}
+
+function instrumentationNames(env: Env): string[] {
+  const enabled = list(env, 'OTEL_NODE_ENABLED_INSTRUMENTATIONS') ?? [...LEAN_INSTRUMENTATIONS];
+  const disabled = new Set(list(env, 'OTEL_NODE_DISABLED_INSTRUMENTATIONS') ?? []);
+  for (const name of [...enabled, ...disabled]) {
+    if (!/^[a-z0-9][a-z0-9._-]*$/.test(name)) {
+      throw new TelemetryConfigError(`OTEL_NODE_ENABLED_INSTRUMENTATIONS/OTEL_NODE_DISABLED_INSTRUMENTATIONS: "${name}" is not an instrumentation name such as http or pg`);
+    }
+  }
+  return enabled.filter((name) => !disabled.has(name));
+}
+
+function checkSampler(env: Env): void {
+  const sampler = text(env, 'OTEL_TRACES_SAMPLER');
+  if (sampler !== undefined) oneOf('OTEL_TRACES_SAMPLER', sampler, SAMPLERS);
+  const arg = text(env, 'OTEL_TRACES_SAMPLER_ARG');
+  if (arg !== undefined && sampler?.endsWith('traceidratio')) {
+    const ratio = Number(arg);
+    if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) {
+      throw new TelemetryConfigError(`OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, got "${arg}"`);
+    }
+  }
+}
+
+/** Reads and checks every setting; throws a {@link TelemetryConfigError} on the first bad one. */
+export function readSettings(env: Env): TelemetrySettings {
+  const disabledText = text(env, 'OTEL_SDK_DISABLED')?.toLowerCase();
+  const disabled = disabledText === 'true';
+  const logLevel = oneOf('OTEL_LOG_LEVEL', text(env, 'OTEL_LOG_LEVEL')?.toLowerCase() ?? 'warn', LOG_LEVELS);
+  const batch = {
+    maxQueueSize: nonNegative(env, 'OTEL_BSP_MAX_QUEUE_SIZE', 2048),
+    maxExportBatchSize: nonNegative(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', 512),
+    scheduledDelayMillis: nonNegative(env, 'OTEL_BSP_SCHEDULE_DELAY', 5000),
+    exportTimeoutMillis: nonNegative(env, 'OTEL_BSP_EXPORT_TIMEOUT', 30000),
+  };
+  if (batch.maxExportBatchSize > batch.maxQueueSize) {
+    throw new TelemetryConfigError('OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BSP_MAX_QUEUE_SIZE');
+  }
+  if (disabled) {
+    return { disabled, exporters: [], otlp: undefined, resourceDetectors: [], instrumentations: [], excludedPaths: [], logLevel, batch };
+  }
+  const exporters = exporterNames(env);
+  checkSampler(env);
+  listOf(env, 'OTEL_PROPAGATORS', PROPAGATORS);
+  const excludedPaths = list(env, 'OTEL_NODE_EXCLUDED_URLS') ?? ['/healthz', '/readyz'];
+  for (const path of excludedPaths) {
+    if (!path.startsWith('/')) throw new TelemetryConfigError(`OTEL_NODE_EXCLUDED_URLS: "${path}" is not a path starting with /`);
+  }
+  return {
+    disabled,
+    exporters,
+    // Checked whenever an OTLP exporter is in use, so a bad endpoint is caught at start.
+    otlp: exporters.includes('otlp') ? otlpSettings(env) : undefined,
+    resourceDetectors: listOf(env, 'OTEL_NODE_RESOURCE_DETECTORS', KNOWN_RESOURCE_DETECTORS) ?? DEFAULT_RESOURCE_DETECTORS,
+    instrumentations: instrumentationNames(env),
+    excludedPaths,
+    logLevel,
+    batch,
+  };
+}

@@ -1,0 +1,97 @@
+/**
+ * The Koa application: routes and error handling. It never listens; the
+ * server lifecycle lives in `server.ts`, and tests drive `app.callback()`.
+ */
+import Koa from 'koa';
+import Router from '@koa/router';
+import type { Context, Next } from 'koa';
+import { log as defaultLog, type Logger } from './log';
+import { recordError } from './telemetry';
+
+export interface AppOptions {
+  /** True once the server has started shutting down: `/readyz` then answers 503. */
+  readonly isShuttingDown?: () => boolean;
+  readonly log?: Logger;
+}
+
+/** An error whose status and message are meant for the client (4xx). */
+function httpError(status: number, message: string, extra?: Record<string, unknown>): Error {
+  return Object.assign(new Error(message), { status, expose: true, ...extra });
+}
+
+/** Path parameters are integers in decimal; beyond the safe range they are not integers. */
+function parseInteger(text: string): number | undefined {
+  if (!/^-?\d{1,16}$/.test(text)) return undefined;
+  const value = Number(text);
+  return Number.isSafeInteger(value) ? value : undefined;
+}
+
+/**
+ * The one error middleware, mounted first: expected (exposed 4xx) errors
+ * answer with their message; anything else is logged once, recorded on the
+ * trace, and answered with a plain 500.
+ */
+function errorHandler(log: Logger) {
+  return async function handleErrors(ctx: Context, next: Next): Promise<void> {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) {
+        throw httpError(404, `no route for ${ctx.method} ${ctx.path}`);
+      }
+    } catch (caught) {
+      const error = caught instanceof Error ? caught : new Error(String(caught));
+      const props = error as Error & { status?: unknown; expose?: unknown; headers?: unknown; param?: unknown };
+      const status = typeof props.status === 'number' && props.status >= 400 && props.status < 600 ? props.status : 500;
+      const exposed = status < 500 && props.expose === true;
+      if (!exposed) {
+        log.error('request failed', { method: ctx.method, path: ctx.path, status, err: error });
+        recordError(error);
+      }
+      if (exposed && props.headers && typeof props.headers === 'object') ctx.set(props.headers as Record<string, string>);
+      ctx.status = exposed ? status : 500;
+      ctx.body = {
+        error: exposed ? error.message : 'Internal Server Error',
+        status: ctx.status,
+        ...(exposed && typeof props.param === 'string' ? { param: props.param } : {}),
+      };
+    }
+  };
+}
+
+/** Builds the application. Nothing here listens or reads the environment. */
+export function createApp(options: AppOptions = {}): Koa {
+  const isShuttingDown = options.isShuttingDown ?? (() => false);
+  const app = new Koa();
+  // Koa would log errors again on its own; the error middleware logs each once.
+  app.silent = true;
+
+  const router = new Router();
+  router.get('/', (ctx) => {
+    ctx.body = { message: 'Hello World from Koa with auto-instrumentation!' };
+  });
+  router.get('/items/:id', (ctx) => {
+    const id = parseInteger(ctx.params.id ?? '');
+    if (id === undefined) throw httpError(422, 'path parameter id must be an integer', { param: 'id' });
+    ctx.body = { item_id: id };
+  });
+  router.get('/healthz', (ctx) => {
+    ctx.body = { status: 'ok' };
+  });
+  router.get('/readyz', (ctx) => {
+    const ready = !isShuttingDown();
+    ctx.status = ready ? 200 : 503;
+    ctx.body = { status: ready ? 'ready' : 'shutting down' };
+  });
+
+  app.use(errorHandler(options.log ?? defaultLog));
+  app.use(router.routes());
+  app.use(
+    router.allowedMethods({
+      throw: true,
+      methodNotAllowed: () => httpError(405, 'method not allowed'),
+      // A method no route knows is still the client's mistake, not a server fault.
+      notImplemented: () => httpError(405, 'method not allowed'),
+    }),
+  );
+  return app;
+}

@@ -1,0 +1,46 @@
+/**
+ * The app's side of the telemetry preload (`otel/register.ts`).
+ *
+ * The preload owns the SDK; the app only needs two things from it: to record
+ * an unexpected error on the request's server span, and to flush buffered
+ * spans at the right moment of shutdown (after in-flight requests finished,
+ * before the process exits). Both work, as no-ops, when the app runs without
+ * the preload or with `OTEL_SDK_DISABLED=true`.
+ */
+import { SpanStatusCode, context, trace } from '@opentelemetry/api';
+import { getRPCMetadata } from '@opentelemetry/core';
+
+/** What the preload publishes on `globalThis` under {@link TELEMETRY_HOOK}. */
+export interface TelemetryHook {
+  /** Exports every span ended so far; resolves when done or after timeoutMs. */
+  flush(timeoutMs: number): Promise<void>;
+  /** Flushes, then shuts the SDK down; later spans are dropped. */
+  shutdown(timeoutMs: number): Promise<void>;
+}
+
+/** Shared with `otel/register.ts`: a registry symbol, so both sides agree without importing each other. */
+export const TELEMETRY_HOOK = Symbol.for('koa-pm2-otel.telemetry');
+
+function hook(): TelemetryHook | undefined {
+  return (globalThis as Record<symbol, TelemetryHook | undefined>)[TELEMETRY_HOOK];
+}
+
+/** Flushes and stops telemetry, if the preload started it. Never rejects. */
+export async function shutdownTelemetry(timeoutMs: number): Promise<void> {
+  await hook()?.shutdown(timeoutMs).catch(() => undefined);
+}
+
+/**
+ * Records an unexpected error on the request's server span (the HTTP
+ * instrumentation keeps it in the RPC metadata of the request's context) and
+ * on the active span, with status ERROR.
+ */
+export function recordError(error: Error): void {
+  const active = context.active();
+  const spans = new Set([getRPCMetadata(active)?.span, trace.getSpan(active)]);
+  for (const span of spans) {
+    if (!span?.isRecording()) continue;
+    span.recordException(error);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+  }
+}

@@ -1,0 +1,395 @@
+/**
+ * A real OTLP trace receiver for tests: an OTLP/gRPC server and an OTLP/HTTP server
+ * (protobuf, optionally gzip, and best-effort JSON) on random local ports, decoding
+ * every export into flat {@link ReceivedSpan}s.
+ *
+ * @example
+ *   const receiver = await startReceiver();
+ *   // point the exporter at receiver.grpcUrl or `${receiver.httpUrl}/v1/traces`
+ *   const spans = await receiver.waitFor((s) => s.some((x) => x.kind === 2));
+ *   await receiver.close();
+ */
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import * as zlib from 'node:zlib';
+import * as grpc from '@grpc/grpc-js';
+import * as protobuf from 'protobufjs';
+
+/** One span as the receiver decoded it, flattened together with its resource and scope. */
+export interface ReceivedSpan {
+  /** Lowercase hex. */
+  traceId: string;
+  /** Lowercase hex. */
+  spanId: string;
+  /** Lowercase hex, `''` for a root span. */
+  parentSpanId: string;
+  name: string;
+  /** OTLP SpanKind number: 1 INTERNAL, 2 SERVER, 3 CLIENT, 4 PRODUCER, 5 CONSUMER. */
+  kind: number;
+  /** Attribute values flattened to JS (int64 -> number, arrays -> arrays, kvlists -> objects, bytes -> Buffer). */
+  attributes: Record<string, unknown>;
+  /** OTLP StatusCode number (0 UNSET, 1 OK, 2 ERROR). */
+  status: { code: number; message: string };
+  events: { name: string; attributes: Record<string, unknown> }[];
+  /** Resource attributes, flattened like `attributes`. */
+  resource: Record<string, unknown>;
+  /** Instrumentation scope name. */
+  scope: string;
+  startTimeUnixNano: bigint;
+  endTimeUnixNano: bigint;
+}
+
+/** One export request as it arrived. */
+export interface ReceivedRequest {
+  transport: 'grpc' | 'http';
+  /** Lower-cased header names; for gRPC the call metadata (binary `-bin` values base64). */
+  headers: Record<string, string>;
+  spanCount: number;
+  /** False when the receiver answered with an error because of {@link OtlpReceiver.setFailure}. */
+  accepted: boolean;
+}
+
+export interface OtlpReceiver {
+  /** OTLP/gRPC endpoint, e.g. `http://127.0.0.1:43123`. */
+  readonly grpcUrl: string;
+  /** OTLP/HTTP base URL, e.g. `http://127.0.0.1:43124`; traces go to `${httpUrl}/v1/traces`. */
+  readonly httpUrl: string;
+  /** Every accepted span, in arrival order. */
+  readonly spans: ReceivedSpan[];
+  /** One entry per export request, including the ones refused by {@link setFailure}. */
+  readonly requests: ReceivedRequest[];
+  /**
+   * Resolves with a snapshot of all spans once `predicate(spans)` is true (checked now and
+   * after every accepted export). Rejects after `timeoutMs` (default 5000) with a message
+   * saying how many spans arrived and which, or when the receiver is closed.
+   */
+  waitFor(predicate: (spans: ReceivedSpan[]) => boolean, timeoutMs?: number): Promise<ReceivedSpan[]>;
+  /**
+   * `'unavailable'`: answer every export with gRPC UNAVAILABLE (14) / HTTP 503 and record no
+   * spans (requests are still recorded, with `accepted: false`). `'none'`: accept again.
+   */
+  setFailure(mode: 'none' | 'unavailable'): void;
+  /** Forget recorded spans and requests (arrays previously read stay untouched). */
+  reset(): void;
+  /** Stop both servers, dropping open connections, and reject pending `waitFor` calls. */
+  close(): Promise<void>;
+}
+
+/** Where to listen; every field is optional and defaults to an ephemeral port on 127.0.0.1. */
+export interface ReceiverOptions {
+  host?: string;
+  grpcPort?: number;
+  httpPort?: number;
+}
+
+const GRPC_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
+const DEFAULT_WAIT_MS = 5000;
+
+const schema = protobuf.loadSync(path.join(__dirname, 'otlp-trace.proto'));
+const ExportRequest = schema.lookupType('opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest');
+const ExportResponse = schema.lookupType('opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse');
+const EMPTY_RESPONSE = Buffer.from(ExportResponse.encode(ExportResponse.create({})).finish());
+
+// Shape of `Type.toObject(msg, TO_OBJECT)`: camelCase keys, bytes as Buffer, 64-bit ints as
+// bigint, defaults filled in (unset sub-messages become null), oneof name in `value`.
+const TO_OBJECT: protobuf.IConversionOptions = { longs: BigInt, defaults: true, arrays: true, oneofs: true };
+
+interface PbAnyValue {
+  value?: string;
+  stringValue?: string;
+  boolValue?: boolean;
+  intValue?: bigint;
+  doubleValue?: number;
+  arrayValue?: { values: PbAnyValue[] };
+  kvlistValue?: { values: PbKeyValue[] };
+  bytesValue?: Buffer;
+}
+interface PbKeyValue {
+  key: string;
+  value: PbAnyValue | null;
+}
+interface PbSpan {
+  traceId: Buffer;
+  spanId: Buffer;
+  parentSpanId: Buffer;
+  name: string;
+  kind: number;
+  startTimeUnixNano: bigint;
+  endTimeUnixNano: bigint;
+  attributes: PbKeyValue[];
+  events: { name: string; attributes: PbKeyValue[] }[];
+  status: { code: number; message: string } | null;
+}
+interface PbExportRequest {
+  resourceSpans: {
+    resource: { attributes: PbKeyValue[] } | null;
+    scopeSpans: { scope: { name: string } | null; spans: PbSpan[] }[];
+  }[];
+}
+
+function anyValueToJs(v: PbAnyValue | null | undefined): unknown {
+  switch (v?.value) {
+    case 'stringValue':
+      return v.stringValue;
+    case 'boolValue':
+      return v.boolValue;
+    case 'intValue':
+      return Number(v.intValue);
+    case 'doubleValue':
+      return v.doubleValue;
+    case 'arrayValue':
+      return (v.arrayValue?.values ?? []).map(anyValueToJs);
+    case 'kvlistValue':
+      return attributesToJs(v.kvlistValue?.values ?? []);
+    case 'bytesValue':
+      return v.bytesValue;
+    default:
+      return undefined;
+  }
+}
+
+function attributesToJs(kvs: PbKeyValue[]): Record<string, unknown> {
+  return Object.fromEntries(kvs.map((kv) => [kv.key, anyValueToJs(kv.value)]));
+}
+
+function flattenRequest(req: PbExportRequest): ReceivedSpan[] {
+  const out: ReceivedSpan[] = [];
+  for (const rs of req.resourceSpans) {
+    const resource = attributesToJs(rs.resource?.attributes ?? []);
+    for (const ss of rs.scopeSpans) {
+      for (const s of ss.spans) {
+        out.push({
+          traceId: s.traceId.toString('hex'),
+          spanId: s.spanId.toString('hex'),
+          parentSpanId: s.parentSpanId.toString('hex'),
+          name: s.name,
+          kind: s.kind,
+          attributes: attributesToJs(s.attributes),
+          status: { code: s.status?.code ?? 0, message: s.status?.message ?? '' },
+          events: s.events.map((e) => ({ name: e.name, attributes: attributesToJs(e.attributes) })),
+          resource,
+          scope: ss.scope?.name ?? '',
+          startTimeUnixNano: s.startTimeUnixNano,
+          endTimeUnixNano: s.endTimeUnixNano,
+        });
+      }
+    }
+  }
+  return out;
+}
+
+function decodeProtobuf(body: Uint8Array): ReceivedSpan[] {
+  const msg = ExportRequest.decode(body);
+  return flattenRequest(ExportRequest.toObject(msg, TO_OBJECT) as PbExportRequest);
+}
+
+/**
+ * OTLP/JSON differs from the protobuf JSON mapping that `fromObject` understands mainly in
+ * trace/span ids, which are hex instead of base64; convert those and let `fromObject` do
+ * the rest (camelCase keys, int64 as strings, enums as numbers or names).
+ */
+function decodeJson(body: Buffer): ReceivedSpan[] {
+  const json = JSON.parse(body.toString('utf8')) as { resourceSpans?: { scopeSpans?: { spans?: unknown[] }[] }[] };
+  const hexToBytes = (o: Record<string, unknown>, keys: string[]): void => {
+    for (const k of keys) {
+      const v = o[k];
+      if (typeof v === 'string') o[k] = Buffer.from(v, 'hex');
+    }
+  };
+  for (const rs of json.resourceSpans ?? []) {
+    for (const ss of rs.scopeSpans ?? []) {
+      for (const span of (ss.spans ?? []) as Record<string, unknown>[]) {
+        hexToBytes(span, ['traceId', 'spanId', 'parentSpanId']);
+        for (const link of (span['links'] ?? []) as Record<string, unknown>[]) hexToBytes(link, ['traceId', 'spanId']);
+      }
+    }
+  }
+  const msg = ExportRequest.fromObject(json);
+  return flattenRequest(ExportRequest.toObject(msg, TO_OBJECT) as PbExportRequest);
+}
+
+const gunzip = promisify(zlib.gunzip);
+
+async function readBody(req: http.IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  const raw = Buffer.concat(chunks);
+  const encoding = (req.headers['content-encoding'] ?? '').toLowerCase();
+  if (encoding === 'gzip') return gunzip(raw);
+  if (encoding === '' || encoding === 'identity') return raw;
+  throw new Error(`unsupported Content-Encoding: ${encoding}`);
+}
+
+function summarize(spans: ReceivedSpan[]): string {
+  const MAX = 20;
+  const items = spans.slice(0, MAX).map((s) => `${s.name} (${String(s.resource['service.name'] ?? '?')})`);
+  if (spans.length > MAX) items.push(`… ${spans.length - MAX} more`);
+  return items.length ? `: ${items.join(', ')}` : '';
+}
+
+function listen(server: http.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as import('node:net').AddressInfo).port);
+    });
+  });
+}
+
+function bindGrpc(server: grpc.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, boundPort) =>
+      err ? reject(err) : resolve(boundPort),
+    );
+  });
+}
+
+/** Graceful gRPC shutdown, forced if a client keeps a stream open past the grace period. */
+function shutdownGrpc(server: grpc.Server, graceMs = 1000): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, graceMs);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** Starts an OTLP receiver (gRPC + HTTP) on ephemeral local ports. Always `close()` it. */
+export async function startReceiver(options: ReceiverOptions = {}): Promise<OtlpReceiver> {
+  const host = options.host ?? '127.0.0.1';
+  let spans: ReceivedSpan[] = [];
+  let requests: ReceivedRequest[] = [];
+  let failure: 'none' | 'unavailable' = 'none';
+  const listeners = new Set<() => void>();
+  const closers = new Set<(err: Error) => void>();
+
+  /** Records one decoded export; returns whether it was accepted. */
+  const record = (transport: ReceivedRequest['transport'], headers: Record<string, string>, received: ReceivedSpan[]): boolean => {
+    const accepted = failure === 'none';
+    requests.push({ transport, headers, spanCount: received.length, accepted });
+    if (accepted) {
+      spans.push(...received);
+      for (const notify of [...listeners]) notify();
+    }
+    return accepted;
+  };
+
+  const grpcServer = new grpc.Server();
+  const exportMethod: grpc.MethodDefinition<Buffer, Buffer> = {
+    path: GRPC_EXPORT_PATH,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: (b) => b,
+    requestDeserialize: (b) => b,
+    responseSerialize: (b) => b,
+    responseDeserialize: (b) => b,
+  };
+  grpcServer.addService({ Export: exportMethod }, {
+    Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+      let received: ReceivedSpan[];
+      try {
+        received = decodeProtobuf(call.request);
+      } catch (err) {
+        callback({ code: grpc.status.INVALID_ARGUMENT, details: `cannot decode ExportTraceServiceRequest: ${String(err)}` });
+        return;
+      }
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(call.metadata.getMap())) headers[k] = typeof v === 'string' ? v : v.toString('base64');
+      if (record('grpc', headers, received)) callback(null, EMPTY_RESPONSE);
+      else callback({ code: grpc.status.UNAVAILABLE, details: 'test receiver is set to fail' });
+    },
+  });
+
+  const httpServer = http.createServer((req, res) => {
+    const reply = (status: number, contentType: string, body: string | Buffer): void => {
+      res.writeHead(status, { 'Content-Type': contentType }).end(body);
+    };
+    void (async () => {
+      const { pathname } = new URL(req.url ?? '/', 'http://receiver');
+      if (pathname !== '/v1/traces') return reply(404, 'text/plain', 'not found');
+      if (req.method !== 'POST') return reply(405, 'text/plain', 'method not allowed');
+      const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+      const isJson = contentType === 'application/json';
+      if (!isJson && contentType !== 'application/x-protobuf') return reply(415, 'text/plain', `unsupported Content-Type: ${contentType}`);
+      let received: ReceivedSpan[];
+      try {
+        const body = await readBody(req);
+        received = isJson ? decodeJson(body) : decodeProtobuf(body);
+      } catch (err) {
+        return reply(400, 'text/plain', `cannot decode ExportTraceServiceRequest: ${String(err)}`);
+      }
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(req.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+      if (!record('http', headers, received)) return reply(503, 'text/plain', 'test receiver is set to fail');
+      return isJson ? reply(200, 'application/json', '{}') : reply(200, 'application/x-protobuf', EMPTY_RESPONSE);
+    })().catch((err: unknown) => {
+      if (!res.headersSent) reply(500, 'text/plain', String(err));
+    });
+  });
+
+  let grpcPort: number;
+  let httpPort: number;
+  try {
+    grpcPort = await bindGrpc(grpcServer, options.grpcPort ?? 0, host);
+    httpPort = await listen(httpServer, options.httpPort ?? 0, host);
+  } catch (err) {
+    grpcServer.forceShutdown();
+    httpServer.close();
+    throw err;
+  }
+
+  return {
+    grpcUrl: `http://${host}:${grpcPort}`,
+    httpUrl: `http://${host}:${httpPort}`,
+    get spans() {
+      return spans;
+    },
+    get requests() {
+      return requests;
+    },
+    waitFor(predicate, timeoutMs = DEFAULT_WAIT_MS) {
+      return new Promise<ReceivedSpan[]>((resolve, reject) => {
+        const finish = (err?: Error): void => {
+          clearTimeout(timer);
+          listeners.delete(check);
+          closers.delete(finish);
+          if (err) reject(err);
+          else resolve([...spans]);
+        };
+        const check = (): void => {
+          try {
+            if (predicate(spans)) finish();
+          } catch (err) {
+            finish(err instanceof Error ? err : new Error(String(err)));
+          }
+        };
+        const timer = setTimeout(() => {
+          finish(new Error(`OTLP receiver: condition not met within ${timeoutMs}ms; ${spans.length} span(s) received${summarize(spans)}`));
+        }, timeoutMs);
+        listeners.add(check);
+        closers.add(finish);
+        check();
+      });
+    },
+    setFailure(mode) {
+      failure = mode;
+    },
+    reset() {
+      spans = [];
+      requests = [];
+    },
+    async close() {
+      for (const finish of [...closers]) finish(new Error('OTLP receiver closed while waiting for spans'));
+      const httpClosed = new Promise<void>((resolve) => httpServer.close(() => resolve()));
+      // close() only stops accepting; exporters' keep-alive sockets would hold it open.
+      httpServer.closeAllConnections();
+      await Promise.all([shutdownGrpc(grpcServer), httpClosed]);
+    },
+  };
+}
