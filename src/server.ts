@@ -13,6 +13,7 @@
  * The ecosystem file sets `kill_timeout` above the sum of both timeouts.
  */
 import http from 'node:http';
+import net from 'node:net';
 import { createApp } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
 import { log } from './log';
@@ -30,9 +31,15 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const app = createApp({ isShuttingDown: () => shuttingDown });
   const handle = app.callback();
 
+  // Responses not yet started: told `Connection: close` once shutdown begins.
+  const inFlight = new Set<http.ServerResponse>();
   const server = http.createServer((req, res) => {
     // Keep-alive clients of a worker that is going away are told so, rather than reset.
     if (shuttingDown) res.setHeader('Connection', 'close');
+    else {
+      inFlight.add(res);
+      res.once('close', () => inFlight.delete(res));
+    }
     void handle(req, res);
   });
   server.keepAliveTimeout = config.keepAliveTimeoutMs;
@@ -53,13 +60,13 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const close = (): Promise<void> => {
     closing ??= (async () => {
       shuttingDown = true;
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // Sockets that become idle after their last response are closed at once
-      // instead of waiting for the keep-alive timeout.
-      server.on('request', (_req, res: http.ServerResponse) => {
-        res.once('finish', () => setImmediate(() => server.closeIdleConnections()));
-      });
-      server.closeIdleConnections();
+      for (const res of inFlight) if (!res.headersSent) res.setHeader('Connection', 'close');
+      // Stop accepting, but do not close idle keep-alive sockets now as
+      // http.Server#close() would: a client may be sending its next request
+      // on one at this very moment, and would see a reset. Each socket closes
+      // after its next response (`Connection: close`) or its keep-alive
+      // timeout, which the client knows from the `Keep-Alive` header.
+      const closed = new Promise<void>((resolve) => net.Server.prototype.close.call(server, () => resolve()));
       const drained = await Promise.race([closed.then(() => true), delay(config.drainTimeoutMs).then(() => false)]);
       if (!drained) {
         log.warn('drain timeout: closing remaining connections', { drainTimeoutMs: config.drainTimeoutMs });

@@ -10,6 +10,7 @@
  *   await receiver.close();
  */
 import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
@@ -43,7 +44,11 @@ export interface ReceivedSpan {
 /** One export request as it arrived. */
 export interface ReceivedRequest {
   transport: 'grpc' | 'http';
-  /** Lower-cased header names; for gRPC the call metadata (binary `-bin` values base64). */
+  /**
+   * Lower-cased header names. For gRPC this is the call metadata as grpc-js exposes it:
+   * user-set entries plus `user-agent`, without reserved HTTP/2 headers (`content-type`,
+   * `te`, `grpc-encoding`, ...); binary `-bin` values are base64.
+   */
   headers: Record<string, string>;
   spanCount: number;
   /** False when the receiver answered with an error because of {@link OtlpReceiver.setFailure}. */
@@ -233,7 +238,7 @@ function listen(server: http.Server, port: number, host: string): Promise<number
     server.once('error', reject);
     server.listen(port, host, () => {
       server.off('error', reject);
-      resolve((server.address() as import('node:net').AddressInfo).port);
+      resolve((server.address() as AddressInfo).port);
     });
   });
 }
