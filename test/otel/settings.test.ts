@@ -260,6 +260,28 @@ describe('readSettings', () => {
     expect(error.message).not.toContain(SECRET);
   });
 
+  // Known bug (see report): redactUrl only hides `//…@` when no "/" comes
+  // before the first "@", so a password holding "/" (common in base64
+  // tokens) or a raw "@" is printed. Remove `.failing` once it is fixed.
+  it.failing.each([`https://user:abc/${SECRET}@host`, `https://user:p@${SECRET}@host:bad`])(
+    'does not show a password holding "/" or "@" in %s',
+    (endpoint) => {
+      const error = errorFrom(() => readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: endpoint }));
+      expect(error).toBeInstanceOf(TelemetryConfigError);
+      expect(error.message).not.toContain(SECRET);
+    },
+  );
+
+  // Known bug (see report): the signal path is appended to the whole href,
+  // after any query or fragment. Remove `.failing` once it goes on the path.
+  it.failing('appends /v1/traces to the path of a base endpoint that has a query', () => {
+    const settings = readSettings({
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otlp.example.com/?tenant=a',
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+    });
+    expect(settings.otlp?.url).toBe('https://otlp.example.com/v1/traces?tenant=a');
+  });
+
   it('does not show a header value that cannot be parsed', () => {
     const error = errorFrom(() =>
       readSettings({ OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TRACES_HEADERS: `authorization=${SECRET}%E0%A4%A` }),

@@ -1,0 +1,170 @@
+/**
+ * The preload where it runs: in a child process started with `node -r`,
+ * exporting to a real OTLP receiver.
+ */
+import path from 'node:path';
+import { startReceiver, type OtlpReceiver } from '../helpers/otlpReceiver';
+import { FIXTURES, listeningPort, SERVER, startChild, type Child } from '../helpers/child';
+import { get } from '../helpers/load';
+
+jest.setTimeout(60_000);
+
+let receiver: OtlpReceiver;
+const children: Child[] = [];
+
+function start(script: string, env: Record<string, string>, options?: { preload?: boolean }): Child {
+  const child = startChild(script, env, options);
+  children.push(child);
+  return child;
+}
+
+/** The kit's server on a random port, under the preload. */
+function startServer(env: Record<string, string>): Child {
+  return start(SERVER, { HOST: '127.0.0.1', PORT: '0', ...env });
+}
+
+beforeAll(async () => {
+  receiver = await startReceiver();
+});
+
+afterEach(async () => {
+  await Promise.all(children.splice(0).map((child) => child.stop()));
+  receiver.setFailure('none');
+  receiver.reset();
+});
+
+afterAll(async () => {
+  await receiver.close();
+});
+
+const SECRET = 'c2VjcmV0LXRva2VuLTk4NzY1';
+
+describe('exporting', () => {
+  test('exports the server span of a request over gRPC, and flushes it at SIGINT', async () => {
+    const child = startServer({
+      OTEL_SERVICE_NAME: 'preload-grpc',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+      // Only the shutdown flush can deliver within the test.
+      OTEL_BSP_SCHEDULE_DELAY: '60000',
+    });
+    const port = await listeningPort(child);
+    expect((await get(port, '/items/5')).body).toBe('{"item_id":5}');
+    expect((await get(port, '/items/nope')).status).toBe(422);
+    expect(receiver.spans).toHaveLength(0);
+
+    child.process.kill('SIGINT');
+    expect(await child.exited).toEqual({ code: 0, signal: null });
+    const server = receiver.spans.filter((s) => s.kind === 2);
+    expect(server.map((s) => [s.name, s.attributes['url.path'], s.attributes['http.response.status_code']])).toEqual([
+      ['GET /items/:id', '/items/5', 200],
+      ['GET /items/:id', '/items/nope', 422],
+    ]);
+    expect(server[0]?.resource['service.name']).toBe('preload-grpc');
+    expect(server[0]?.resource['process.pid']).toBe(child.process.pid);
+    expect(typeof server[0]?.resource['service.instance.id']).toBe('string');
+    expect(receiver.requests.every((r) => r.transport === 'grpc')).toBe(true);
+  });
+
+  test('sends over http/protobuf with the decoded auth header, and never prints it', async () => {
+    const child = startServer({
+      OTEL_SERVICE_NAME: 'preload-http',
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.httpUrl,
+      OTEL_EXPORTER_OTLP_HEADERS: `Authorization=Basic%20${SECRET},x-tenant=team%2Fa`,
+      OTEL_BSP_SCHEDULE_DELAY: '100',
+      OTEL_LOG_LEVEL: 'debug',
+    });
+    const port = await listeningPort(child);
+    await get(port, '/items/1');
+    await receiver.waitFor((spans) => spans.some((s) => s.kind === 2), 10_000);
+    const request = receiver.requests.find((r) => r.transport === 'http');
+    expect(request?.headers.authorization).toBe(`Basic ${SECRET}`);
+    expect(request?.headers['x-tenant']).toBe('team/a');
+    child.process.kill('SIGINT');
+    await child.exited;
+    expect(child.stdout() + child.stderr()).not.toContain(SECRET);
+  });
+
+  test('writes one JSON line per span to stdout when no endpoint is set', async () => {
+    const child = startServer({ OTEL_SERVICE_NAME: 'preload-console', OTEL_BSP_SCHEDULE_DELAY: '60000' });
+    const port = await listeningPort(child);
+    await get(port, '/items/3');
+    child.process.kill('SIGINT');
+    await child.exited;
+    const lines = child.stdout().split('\n').filter((line) => line.startsWith('otel.span '));
+    const spans = lines.map((line) => JSON.parse(line.slice('otel.span '.length)) as Record<string, unknown>);
+    const server = spans.find((s) => s.kind === 'SERVER');
+    expect(server).toMatchObject({ name: 'GET /items/:id', 'service.name': 'preload-console', attributes: { 'http.route': '/items/:id' } });
+    expect(receiver.requests).toHaveLength(0);
+  });
+
+  test('outgoing http and fetch calls carry the trace context', async () => {
+    const child = start(path.join(FIXTURES, 'outgoing.js'), {
+      OTEL_SERVICE_NAME: 'preload-outgoing',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+      OTEL_BSP_SCHEDULE_DELAY: '60000',
+    });
+    const port = Number((await child.waitForLine(/^READY \d+/)).split(' ')[1]);
+    const traceId = '0af7651916cd43dd8448eb211c80319c';
+    const response = await get(port, '/', { traceparent: `00-${traceId}-b7ad6b7169203331-01` });
+    const downstream = JSON.parse(response.body) as { via: string; traceparent: string | null }[];
+    expect(downstream.map((d) => d.via)).toEqual(['/via-http', '/via-fetch']);
+    for (const call of downstream) expect(call.traceparent).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+
+    // No signal handler in the script: the preload flushes at SIGTERM, then lets it terminate.
+    child.process.kill('SIGTERM');
+    expect((await child.exited).signal).toBe('SIGTERM');
+    const clients = receiver.spans.filter((s) => s.kind === 3 && s.traceId === traceId);
+    expect(clients.map((s) => s.scope).sort()).toEqual(['@opentelemetry/instrumentation-http', '@opentelemetry/instrumentation-undici']);
+    // Each downstream request's parent is the client span that sent it.
+    const parents = downstream.map((d) => d.traceparent?.split('-')[2]);
+    expect(new Set(parents)).toEqual(new Set(clients.map((s) => s.spanId)));
+  });
+});
+
+describe('OTEL_SDK_DISABLED=true', () => {
+  test('patches nothing and loads no OpenTelemetry module', async () => {
+    const enabled = start(path.join(FIXTURES, 'probe.js'), {});
+    await enabled.exited;
+    expect(JSON.parse(enabled.stdout())).toMatchObject({ httpPatched: true });
+
+    const disabled = start(path.join(FIXTURES, 'probe.js'), { OTEL_SDK_DISABLED: 'true' });
+    await disabled.exited;
+    expect(JSON.parse(disabled.stdout())).toEqual({ httpPatched: false, otelModules: 0 });
+    expect(disabled.stderr()).toBe('');
+  });
+
+  test('exports nothing', async () => {
+    const child = startServer({ OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl, OTEL_BSP_SCHEDULE_DELAY: '10' });
+    const port = await listeningPort(child);
+    expect((await get(port, '/items/9')).status).toBe(200);
+    child.process.kill('SIGINT');
+    expect(await child.exited).toEqual({ code: 0, signal: null });
+    expect(receiver.requests).toHaveLength(0);
+    expect(child.stdout()).not.toContain('otel.span');
+  });
+});
+
+describe('a bad setting', () => {
+  test.each([
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', { OTEL_EXPORTER_OTLP_ENDPOINT: 'localhost 4317' }],
+    ['OTEL_TRACES_EXPORTER', { OTEL_TRACES_EXPORTER: 'otlp,jaeger' }],
+    ['OTEL_EXPORTER_OTLP_HEADERS', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4317', OTEL_EXPORTER_OTLP_HEADERS: `Authorization Basic ${SECRET}` }],
+    ['OTEL_EXPORTER_OTLP_HEADERS', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4317', OTEL_EXPORTER_OTLP_HEADERS: `Authorization=Basic%E0%A4%A${SECRET}` }],
+    ['OTEL_EXPORTER_OTLP_PROTOCOL', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4317', OTEL_EXPORTER_OTLP_PROTOCOL: 'thrift' }],
+    ['OTEL_TRACES_SAMPLER', { OTEL_TRACES_SAMPLER: 'sometimes' }],
+    ['OTEL_PROPAGATORS', { OTEL_PROPAGATORS: 'tracecontext,xray' }],
+  ])('%s yields one clear line and a serving, uninstrumented app', async (variable, env) => {
+    const child = startServer(env);
+    const port = await listeningPort(child);
+    expect((await get(port, '/')).status).toBe(200);
+    const lines = child.stderr().trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(variable);
+    expect(lines[0]).toContain('telemetry is off');
+    expect(child.stderr()).not.toContain(SECRET);
+    child.process.kill('SIGINT');
+    await child.exited;
+    expect(child.stdout()).not.toContain('otel.span');
+  });
+});
