@@ -33,11 +33,17 @@ function describe(arg: unknown): string {
 export class RateLimitedDiagLogger implements DiagLogger {
   private readonly seen = new Map<string, { last: number; suppressed: number }>();
 
-  constructor(private readonly secrets: readonly string[]) {}
+  private readonly secrets: readonly string[];
+
+  constructor(secrets: readonly string[]) {
+    // Longest first, so a secret that contains another is masked whole.
+    this.secrets = secrets.filter((secret) => secret !== '').sort((a, b) => b.length - a.length);
+  }
 
   private emit(level: 'info' | 'warn' | 'error', message: string, args: unknown[]): void {
-    let text = [message, ...args.map(describe)].join(' ').replace(/\s+/g, ' ').trim();
-    for (const secret of this.secrets) if (secret !== '') text = text.split(secret).join('***');
+    let text = [message, ...args.map(describe)].join(' ');
+    for (const secret of this.secrets) text = text.split(secret).join('***');
+    text = text.replace(/\s+/g, ' ').trim();
     // Collapse numbers so that "3 spans" and "5 spans" count as the same message.
     const key = `${level}:${text.replace(/\d+/g, '#').slice(0, 200)}`;
     const now = Date.now();

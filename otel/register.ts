@@ -21,7 +21,7 @@ import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { RateLimitedDiagLogger, writeLine } from './diagLogger';
 import { loadInstrumentations, loadResourceDetectors } from './instrumentations';
 import { adoptPm2Env, type Pm2Process } from './pm2Env';
-import { readSettings, TelemetryConfigError, type TelemetrySettings } from './settings';
+import { readSettings, secretsIn, TelemetryConfigError, type TelemetrySettings } from './settings';
 
 /** Shared with `src/telemetry.ts`, which describes the contract. */
 const TELEMETRY_HOOK = Symbol.for('koa-pm2-otel.telemetry');
@@ -94,7 +94,7 @@ function start(): void {
   if (settings.disabled) return;
 
   const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
-  const secrets = Object.values(settings.otlp?.headers ?? {});
+  const secrets = secretsIn(process.env);
   api.diag.setLogger(new RateLimitedDiagLogger(secrets), {
     logLevel: api.DiagLogLevel[settings.logLevel.toUpperCase() as keyof typeof api.DiagLogLevel],
     suppressOverrideMessage: true,
@@ -145,6 +145,8 @@ function start(): void {
 try {
   start();
 } catch (error) {
-  const reason = error instanceof TelemetryConfigError ? error.message : `SDK failed to start: ${error instanceof Error ? error.message : String(error)}`;
+  let reason = error instanceof TelemetryConfigError ? error.message : `SDK failed to start: ${error instanceof Error ? error.message : String(error)}`;
+  // A library's error may quote a header value: mask them all.
+  for (const secret of secretsIn(process.env)) reason = reason.split(secret).join('***');
   writeLine('error', `${reason}; telemetry is off, the app serves without it`);
 }

@@ -87,9 +87,9 @@ function nonNegative(env: Env, name: string, fallback: number): number {
   return Number(raw);
 }
 
-/** A URL is shown in messages without any user:password part. */
+/** A URL is shown in messages unless it may hold credentials (`user:password@`). */
 function redactUrl(value: string): string {
-  return value.replace(/\/\/[^/@]*@/, '//***@');
+  return value.includes('@') ? '(not shown: it may hold credentials)' : value;
 }
 
 function url(name: string, value: string): URL {
@@ -134,12 +134,36 @@ export function parseHeaders(name: string, value: string | undefined): Record<st
     } catch {
       throw new TelemetryConfigError(`${name}: the value of header "${key}" has a malformed percent-encoding (value not shown)`);
     }
-    if (/[\r\n\0]/.test(decoded)) {
-      throw new TelemetryConfigError(`${name}: the value of header "${key}" contains a control character (value not shown)`);
+    // gRPC metadata and HTTP/1.1 both take printable ASCII only; an
+    // exporter rejecting the value later would quote it in its error.
+    if (!/^[\x20-\x7e\t]*$/.test(decoded)) {
+      throw new TelemetryConfigError(`${name}: the value of header "${key}" has characters other than printable ASCII (value not shown)`);
     }
     headers[key.toLowerCase()] = decoded;
   });
   return headers;
+}
+
+/**
+ * Every header value in the environment, decoded and raw, best effort and
+ * never throwing: what must be masked in any message, even one about a
+ * setting that failed to parse.
+ */
+export function secretsIn(env: Env): string[] {
+  const secrets: string[] = [];
+  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
+    for (const entry of env[name]?.split(',') ?? []) {
+      const raw = entry.slice(entry.indexOf('=') + 1).trim();
+      if (raw.length < 4) continue;
+      secrets.push(raw);
+      try {
+        secrets.push(decodeURIComponent(raw).trim());
+      } catch {
+        // The raw form is masked already.
+      }
+    }
+  }
+  return secrets.sort((a, b) => b.length - a.length);
 }
 
 function otlpSettings(env: Env): OtlpSettings {
@@ -162,7 +186,8 @@ function otlpSettings(env: Env): OtlpSettings {
   } else {
     const base = baseEndpoint ?? (protocol === 'grpc' ? 'http://localhost:4317' : 'http://localhost:4318');
     const parsed = url('OTEL_EXPORTER_OTLP_ENDPOINT', base);
-    target = protocol === 'grpc' ? parsed.href : `${parsed.href.replace(/\/$/, '')}/v1/traces`;
+    if (protocol !== 'grpc') parsed.pathname = `${parsed.pathname.replace(/\/$/, '')}/v1/traces`;
+    target = parsed.href;
   }
 
   const headers = {

@@ -21,7 +21,7 @@ function httpError(status: number, message: string, extra?: Record<string, unkno
 
 /** Path parameters are integers in decimal; beyond the safe range they are not integers. */
 function parseInteger(text: string): number | undefined {
-  if (!/^-?\d{1,16}$/.test(text)) return undefined;
+  if (text.length > 64 || !/^-?\d+$/.test(text)) return undefined;
   const value = Number(text);
   return Number.isSafeInteger(value) ? value : undefined;
 }
@@ -35,9 +35,10 @@ function errorHandler(log: Logger) {
   return async function handleErrors(ctx: Context, next: Next): Promise<void> {
     try {
       await next();
-      if (ctx.status === 404 && ctx.body === undefined) {
-        throw httpError(404, `no route for ${ctx.method} ${ctx.path}`);
-      }
+      if (ctx.body === undefined && ctx.status === 404) throw httpError(404, `no route for ${ctx.method} ${ctx.path}`);
+      // The router answers 405 (with `Allow`) or, for a method no route knows,
+      // 501; both are the client's mistake, answered 405 with a JSON body.
+      if (ctx.body === undefined && (ctx.status === 405 || ctx.status === 501)) throw httpError(405, 'method not allowed');
     } catch (caught) {
       const error = caught instanceof Error ? caught : new Error(String(caught));
       const props = error as Error & { status?: unknown; expose?: unknown; headers?: unknown; param?: unknown };
@@ -85,13 +86,6 @@ export function createApp(options: AppOptions = {}): Koa {
 
   app.use(errorHandler(options.log ?? defaultLog));
   app.use(router.routes());
-  app.use(
-    router.allowedMethods({
-      throw: true,
-      methodNotAllowed: () => httpError(405, 'method not allowed'),
-      // A method no route knows is still the client's mistake, not a server fault.
-      notImplemented: () => httpError(405, 'method not allowed'),
-    }),
-  );
+  app.use(router.allowedMethods());
   return app;
 }

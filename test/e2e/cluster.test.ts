@@ -162,3 +162,49 @@ test('pm2 stop right after traffic loses no span, even with a long batch delay',
   expect(serverSpans(spans).filter((s) => s.resource['service.name'] === 'e2e-stop')).toHaveLength(30);
   await pm2.run(['delete', app]);
 });
+
+test('console export is visible through pm2 logs when no endpoint is set', async () => {
+  const app = 'e2e-console';
+  const consolePort = await freePort();
+  await pm2.run(['start', 'ecosystem.config.js'], {
+    env: { APP_NAME: app, WEB_CONCURRENCY: '1', HOST: '127.0.0.1', PORT: String(consolePort), OTEL_BSP_SCHEDULE_DELAY: '100' },
+  });
+  await pm2.waitOnline(app, 1);
+  expect((await get(consolePort, '/items/31337')).status).toBe(200);
+  let logs = '';
+  for (let i = 0; i < 50 && !logs.includes('/items/31337'); i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    logs = await pm2.run(['logs', app, '--nostream', '--lines', '100']);
+  }
+  const line = logs.split('\n').find((l) => l.includes('otel.span ') && l.includes('"url.path":"/items/31337"'));
+  expect(line).toBeDefined();
+  const span = JSON.parse(line!.slice(line!.indexOf('otel.span ') + 'otel.span '.length)) as Record<string, unknown>;
+  expect(span).toMatchObject({ name: 'GET /items/:id', kind: 'SERVER', 'service.name': app });
+  await pm2.run(['delete', app]);
+});
+
+test('http/protobuf delivers the decoded auth header, which no log shows', async () => {
+  const app = 'e2e-http';
+  const secret = 'dXNlcjpzM2NyZXQtZTJl';
+  const httpPort = await freePort();
+  await pm2.run(['start', 'ecosystem.config.js'], {
+    env: {
+      APP_NAME: app,
+      WEB_CONCURRENCY: '1',
+      HOST: '127.0.0.1',
+      PORT: String(httpPort),
+      OTEL_SERVICE_NAME: 'e2e-http',
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.httpUrl,
+      OTEL_EXPORTER_OTLP_HEADERS: `Authorization=Basic%20${secret}`,
+      OTEL_BSP_SCHEDULE_DELAY: '100',
+    },
+  });
+  await pm2.waitOnline(app, 1);
+  expect((await get(httpPort, '/items/12')).status).toBe(200);
+  await receiver.waitFor((all) => all.some((s) => s.resource['service.name'] === 'e2e-http' && s.kind === 2), 15_000);
+  const request = receiver.requests.find((r) => r.transport === 'http');
+  expect(request?.headers.authorization).toBe(`Basic ${secret}`);
+  await pm2.run(['delete', app]);
+  expect(pm2.outLog() + pm2.errLog()).not.toContain(secret);
+});

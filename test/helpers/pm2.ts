@@ -4,6 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -129,7 +130,6 @@ export async function startPm2(options: { daemonEnv?: Record<string, string>; cw
 
 /** A TCP port that was free a moment ago, on 127.0.0.1. */
 export async function freePort(): Promise<number> {
-  const net = await import('node:net');
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
