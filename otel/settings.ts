@@ -121,6 +121,9 @@ export function parseHeaders(name: string, value: string | undefined): Record<st
     const eq = entry.indexOf('=');
     const position = `entry ${index + 1} of ${entries.length}`;
     if (eq <= 0) throw new TelemetryConfigError(`${name}: ${position} is not key=value (values are not shown)`);
+    // The exporters read this list as W3C baggage, where a raw `;` starts
+    // metadata and silently cuts the value short.
+    if (entry.includes(';')) throw new TelemetryConfigError(`${name}: ${position} has a raw ";"; write it as %3B (value not shown)`);
     let key: string;
     let decoded: string;
     try {

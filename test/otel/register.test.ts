@@ -70,7 +70,7 @@ describe('exporting', () => {
       OTEL_SERVICE_NAME: 'preload-http',
       OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.httpUrl,
-      OTEL_EXPORTER_OTLP_HEADERS: `Authorization=Basic%20${SECRET},x-tenant=team%2Fa`,
+      OTEL_EXPORTER_OTLP_HEADERS: `Authorization=Basic%20${SECRET}==,x-tenant=team%2Fa`,
       OTEL_BSP_SCHEDULE_DELAY: '100',
       OTEL_LOG_LEVEL: 'debug',
     });
@@ -78,7 +78,7 @@ describe('exporting', () => {
     await get(port, '/items/1');
     await receiver.waitFor((spans) => spans.some((s) => s.kind === 2), 10_000);
     const request = receiver.requests.find((r) => r.transport === 'http');
-    expect(request?.headers.authorization).toBe(`Basic ${SECRET}`);
+    expect(request?.headers.authorization).toBe(`Basic ${SECRET}==`);
     expect(request?.headers['x-tenant']).toBe('team/a');
     child.process.kill('SIGINT');
     await child.exited;

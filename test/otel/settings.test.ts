@@ -356,3 +356,15 @@ describe('parseHeaders', () => {
     });
   });
 });
+
+describe('parseHeaders and the exporters agree', () => {
+  it('rejects a raw ";" that the exporters would read as the start of baggage metadata', () => {
+    expect(() => parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', 'authorization=Bearer a;b-S3CR3T')).toThrow(
+      'OTEL_EXPORTER_OTLP_HEADERS: entry 1 of 1 has a raw ";"; write it as %3B (value not shown)',
+    );
+  });
+
+  it('keeps "=" padding after the first "="', () => {
+    expect(parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', 'authorization=Basic%20dXNlcjpwYQ==')).toEqual({ authorization: 'Basic dXNlcjpwYQ==' });
+  });
+});
