@@ -27,6 +27,9 @@ function ms(name, fallback) {
 }
 
 const drainTimeoutMs = ms('DRAIN_TIMEOUT_MS', 3000);
+// Secrets (an OTLP auth header) can live in this file instead of the shell:
+// Node loads it in each worker, so PM2 never stores them (`pm2 ls`, `pm2 save`).
+const envFile = path.resolve(__dirname, env.ENV_FILE || '.env');
 const flushTimeoutMs = ms('FLUSH_TIMEOUT_MS', 2000);
 
 /** Only the variables that are set: an unset OTEL_* variable keeps its standard default. */
@@ -46,7 +49,7 @@ module.exports = {
       cwd: __dirname,
       exec_mode: 'cluster',
       instances: Number(env.WEB_CONCURRENCY) || 2,
-      node_args: ['-r', path.join(__dirname, 'dist/otel/register.js')],
+      node_args: [`--env-file-if-exists=${envFile}`, '-r', path.join(__dirname, 'dist/otel/register.js')],
 
       // Readiness: a worker is online (and a reload moves on) once it has
       // listened and sent 'ready'. Shutdown: drain, then flush, within kill_timeout.

@@ -20,6 +20,13 @@ export function writeLine(level: 'info' | 'warn' | 'error', msg: string, fields?
   process.stderr.write(`${JSON.stringify(line)}\n`);
 }
 
+/** Replaces every secret in `text` with `***`, longest first (secrets sorted by secretsIn). */
+export function maskSecrets(text: string, secrets: readonly string[]): string {
+  let masked = text;
+  for (const secret of secrets) if (secret !== '') masked = masked.split(secret).join('***');
+  return masked;
+}
+
 function describe(arg: unknown): string {
   if (arg instanceof Error) return arg.message;
   if (typeof arg === 'string') return arg;
@@ -41,9 +48,7 @@ export class RateLimitedDiagLogger implements DiagLogger {
   }
 
   private emit(level: 'info' | 'warn' | 'error', message: string, args: unknown[]): void {
-    let text = [message, ...args.map(describe)].join(' ');
-    for (const secret of this.secrets) text = text.split(secret).join('***');
-    text = text.replace(/\s+/g, ' ').trim();
+    const text = maskSecrets([message, ...args.map(describe)].join(' '), this.secrets).replace(/\s+/g, ' ').trim();
     // Collapse numbers so that "3 spans" and "5 spans" count as the same message.
     const key = `${level}:${text.replace(/\d+/g, '#').slice(0, 200)}`;
     const now = Date.now();

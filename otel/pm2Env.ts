@@ -10,7 +10,14 @@
  * that only the daemon had, so every worker, including those added by
  * `pm2 scale` and restarted by PM2, runs with the settings the app was
  * started with. Non-OTEL variables are left for PM2 to copy as usual.
+ *
+ * Secrets can stay out of PM2's process list and `pm2 save` dump: put them in
+ * an env file that Node loads at worker start (`--env-file-if-exists` in
+ * `node_args`). Node gives the daemon's stale environment precedence over
+ * such a file, so its `OTEL_*` values are applied here too, below the app's.
  */
+import fs from 'node:fs';
+import { parseEnv } from 'node:util';
 
 export interface Pm2Process {
   /** App name in PM2's list. */
@@ -33,7 +40,7 @@ function numberOrUndefined(value: unknown): number | undefined {
  * returns what PM2 says about this process; otherwise returns undefined and
  * leaves `env` alone.
  */
-export function adoptPm2Env(env: MutableEnv = process.env): Pm2Process | undefined {
+export function adoptPm2Env(env: MutableEnv = process.env, envFile: Record<string, string> = envFileValues(process.execArgv)): Pm2Process | undefined {
   const raw = env.pm2_env;
   if (raw === undefined) return undefined;
   let app: Record<string, unknown>;
@@ -48,6 +55,9 @@ export function adoptPm2Env(env: MutableEnv = process.env): Pm2Process | undefin
   for (const key of Object.keys(env)) {
     if (key.startsWith('OTEL_') && !(key in app)) delete env[key];
   }
+  for (const [key, value] of Object.entries(envFile)) {
+    if (key.startsWith('OTEL_')) env[key] = value;
+  }
   for (const [key, value] of Object.entries(app)) {
     if (key.startsWith('OTEL_') && value !== null && typeof value !== 'object') env[key] = String(value);
   }
@@ -58,4 +68,25 @@ export function adoptPm2Env(env: MutableEnv = process.env): Pm2Process | undefin
     pmId: numberOrUndefined(app.pm_id),
     instance: numberOrUndefined(app[instanceVar]),
   };
+}
+
+/**
+ * The variables of the env files this process was started with
+ * (`--env-file=`, `--env-file-if-exists=`), later files winning, as Node
+ * reads them. A missing or unreadable file contributes nothing.
+ */
+export function envFileValues(execArgv: readonly string[]): Record<string, string> {
+  const values: Record<string, string> = {};
+  execArgv.forEach((arg, index) => {
+    const match = /^--env-file(?:-if-exists)?(?:=(.*))?$/.exec(arg);
+    if (match === null) return;
+    const file = match[1] ?? execArgv[index + 1];
+    if (file === undefined) return;
+    try {
+      Object.assign(values, parseEnv(fs.readFileSync(file, 'utf8')));
+    } catch {
+      // Absent (the -if-exists case) or unreadable: Node itself reports the latter.
+    }
+  });
+  return values;
 }

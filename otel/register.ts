@@ -18,7 +18,7 @@
  * registers no handler, so unflushed spans would die with the worker.
  */
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
-import { RateLimitedDiagLogger, writeLine } from './diagLogger';
+import { maskSecrets, RateLimitedDiagLogger, writeLine } from './diagLogger';
 import { loadInstrumentations, loadResourceDetectors } from './instrumentations';
 import { adoptPm2Env, type Pm2Process } from './pm2Env';
 import { readSettings, secretsIn, TelemetryConfigError, type TelemetrySettings } from './settings';
@@ -46,13 +46,24 @@ function withTimeout(work: Promise<unknown>, ms: number): Promise<void> {
   });
 }
 
-function createExporter(name: string, settings: TelemetrySettings): SpanExporter {
+function createExporter(name: string, settings: TelemetrySettings, secrets: readonly string[]): SpanExporter {
   if (name === 'console') {
     const { JsonLineSpanExporter } = require('./consoleExporter') as typeof import('./consoleExporter');
     return new JsonLineSpanExporter();
   }
   const otlp = settings.otlp;
   if (otlp === undefined) throw new Error('OTLP settings missing');
+  const { RetryingExporter } = require('./retryingExporter') as typeof import('./retryingExporter');
+  const url = new URL(otlp.url);
+  return new RetryingExporter(createOtlpExporter(otlp), {
+    maxHeldSpans: settings.batch.maxQueueSize,
+    maxBatchSize: settings.batch.maxExportBatchSize,
+    target: `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`,
+    report: (level, message) => writeLine(level, maskSecrets(message, secrets)),
+  });
+}
+
+function createOtlpExporter(otlp: NonNullable<TelemetrySettings['otlp']>): SpanExporter {
   // Headers, compression and timeout are read by the exporters from the
   // standard variables, which readSettings has already checked.
   switch (otlp.protocol) {
@@ -102,9 +113,8 @@ function start(): void {
 
   const instrumentations = loadInstrumentations(settings);
   const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
-  const spanProcessors: SpanProcessor[] = settings.exporters.map(
-    (name) => new BatchSpanProcessor({ exporter: createExporter(name, settings), ...settings.batch }),
-  );
+  const exporters = settings.exporters.map((name) => createExporter(name, settings, secrets));
+  const spanProcessors: SpanProcessor[] = exporters.map((exporter) => new BatchSpanProcessor({ exporter, ...settings.batch }));
   const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
 
@@ -133,6 +143,17 @@ function start(): void {
   const hook = {
     flush: (ms: number) => withTimeout(Promise.all(spanProcessors.map((processor) => processor.forceFlush())), ms),
     shutdown: (ms: number) => (stopping ??= withTimeout(sdk.shutdown(), ms)),
+    stats: () => {
+      const totals = { delivered: 0, dropped: 0, held: 0 };
+      for (const exporter of exporters) {
+        if (!('getStats' in exporter) || typeof exporter.getStats !== 'function') continue;
+        const stats = (exporter as { getStats(): typeof totals }).getStats();
+        totals.delivered += stats.delivered;
+        totals.dropped += stats.dropped;
+        totals.held += stats.held;
+      }
+      return totals;
+    },
   };
   (globalThis as Record<symbol, unknown>)[TELEMETRY_HOOK] = hook;
 
@@ -145,8 +166,7 @@ function start(): void {
 try {
   start();
 } catch (error) {
-  let reason = error instanceof TelemetryConfigError ? error.message : `SDK failed to start: ${error instanceof Error ? error.message : String(error)}`;
+  const reason = error instanceof TelemetryConfigError ? error.message : `SDK failed to start: ${error instanceof Error ? error.message : String(error)}`;
   // A library's error may quote a header value: mask them all.
-  for (const secret of secretsIn(process.env)) reason = reason.split(secret).join('***');
-  writeLine('error', `${reason}; telemetry is off, the app serves without it`);
+  writeLine('error', `${maskSecrets(reason, secretsIn(process.env))}; telemetry is off, the app serves without it`);
 }

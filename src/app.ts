@@ -7,10 +7,13 @@ import Router from '@koa/router';
 import type { Context, Next } from 'koa';
 import { log as defaultLog, type Logger } from './log';
 import { recordError } from './telemetry';
+import { testRoutes } from './testRoutes';
 
 export interface AppOptions {
   /** True once the server has started shutting down: `/readyz` then answers 503. */
   readonly isShuttingDown?: () => boolean;
+  /** Mount the fault-injection routes of `testRoutes.ts`. */
+  readonly testRoutes?: boolean;
   readonly log?: Logger;
 }
 
@@ -18,6 +21,9 @@ export interface AppOptions {
 function httpError(status: number, message: string, extra?: Record<string, unknown>): Error {
   return Object.assign(new Error(message), { status, expose: true, ...extra });
 }
+
+/** Longest request target served; longer ones answer 414 (the server's header limit is larger). */
+export const MAX_URL_LENGTH = 8192;
 
 /** Path parameters are integers in decimal; beyond the safe range they are not integers. */
 function parseInteger(text: string): number | undefined {
@@ -34,6 +40,7 @@ function parseInteger(text: string): number | undefined {
 function errorHandler(log: Logger) {
   return async function handleErrors(ctx: Context, next: Next): Promise<void> {
     try {
+      if (ctx.url.length > MAX_URL_LENGTH) throw httpError(414, `request target longer than ${MAX_URL_LENGTH} bytes`);
       await next();
       if (ctx.body === undefined && ctx.status === 404) throw httpError(404, `no route for ${ctx.method} ${ctx.path}`);
       // The router answers 405 (with `Allow`) or, for a method no route knows,
@@ -86,6 +93,7 @@ export function createApp(options: AppOptions = {}): Koa {
 
   app.use(errorHandler(options.log ?? defaultLog));
   app.use(router.routes());
+  if (options.testRoutes) app.use(testRoutes().routes());
   app.use(router.allowedMethods());
   return app;
 }

@@ -24,6 +24,8 @@ export interface Config {
   readonly drainTimeoutMs: number;
   /** On shutdown, how long buffered telemetry gets to reach the collector. */
   readonly flushTimeoutMs: number;
+  /** Mounts the fault-injection routes under /_test (the kit's own tests only). */
+  readonly testRoutes: boolean;
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -47,6 +49,13 @@ function integer(env: Env, name: string, fallback: number, min: number, max: num
   return value;
 }
 
+function flag(env: Env, name: string): boolean {
+  const raw = env[name]?.trim().toLowerCase();
+  if (raw === undefined || raw === '' || raw === 'false' || raw === '0') return false;
+  if (raw === 'true' || raw === '1') return true;
+  throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(env[name])}`);
+}
+
 function host(env: Env): string {
   const raw = env.HOST?.trim();
   if (raw === undefined || raw === '') return '0.0.0.0';
@@ -68,6 +77,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxConnections: integer(env, 'MAX_CONNECTIONS', 1000, 1, 1_000_000),
     drainTimeoutMs: integer(env, 'DRAIN_TIMEOUT_MS', 3000, 0, 600_000),
     flushTimeoutMs: integer(env, 'FLUSH_TIMEOUT_MS', 2000, 0, 600_000),
+    testRoutes: flag(env, 'ENABLE_TEST_ROUTES'),
   };
   return Object.freeze(config);
 }

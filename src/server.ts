@@ -14,10 +14,11 @@
  */
 import http from 'node:http';
 import net from 'node:net';
-import { createApp } from './app';
+import type { Duplex } from 'node:stream';
+import { createApp, MAX_URL_LENGTH } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
 import { log } from './log';
-import { shutdownTelemetry } from './telemetry';
+import { recordError, shutdownTelemetry } from './telemetry';
 
 export interface RunningServer {
   readonly server: http.Server;
@@ -28,12 +29,12 @@ export interface RunningServer {
 /** Starts listening with the given config; resolves once the port is bound. */
 export async function startServer(config: Config): Promise<RunningServer> {
   let shuttingDown = false;
-  const app = createApp({ isShuttingDown: () => shuttingDown });
+  const app = createApp({ isShuttingDown: () => shuttingDown, testRoutes: config.testRoutes });
   const handle = app.callback();
 
   // Responses not yet started: told `Connection: close` once shutdown begins.
   const inFlight = new Set<http.ServerResponse>();
-  const server = http.createServer((req, res) => {
+  const server = http.createServer({ maxHeaderSize: MAX_HEADER_SIZE }, (req, res) => {
     // Keep-alive clients of a worker that is going away are told so, rather than reset.
     if (shuttingDown) res.setHeader('Connection', 'close');
     else {
@@ -42,6 +43,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     }
     void handle(req, res);
   });
+  server.on('clientError', answerClientError);
   server.keepAliveTimeout = config.keepAliveTimeoutMs;
   server.requestTimeout = config.requestTimeoutMs;
   // headersTimeout must not exceed requestTimeout (Node rejects the pair otherwise).
@@ -80,6 +82,45 @@ export async function startServer(config: Config): Promise<RunningServer> {
   return { server, close };
 }
 
+/**
+ * Request line plus headers, in bytes (Node's default is 16 KiB). Above
+ * MAX_URL_LENGTH and below this, the app answers 414 for a long URL; above
+ * this, Node's parser gives up and `answerClientError` answers.
+ */
+const MAX_HEADER_SIZE = 64 * 1024;
+
+/**
+ * Answers a request Node's HTTP parser rejected, as JSON like every other
+ * error, instead of Node's bare 400/431.
+ */
+/**
+ * Whether a header overflow came from the request line (414) rather than the
+ * headers (431): the chunk the parser failed on holds the start of a request
+ * line that ends beyond MAX_URL_LENGTH, or no line end at all.
+ */
+function isLongRequestLine(packet: Buffer | undefined): boolean {
+  if (packet === undefined) return false;
+  const lineEnd = packet.indexOf('\r\n');
+  if (lineEnd === -1) return true;
+  return /^[A-Z]+ /.test(packet.subarray(0, 16).toString('latin1')) && lineEnd > MAX_URL_LENGTH;
+}
+
+function answerClientError(error: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex): void {
+  if (error.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  let status = 400;
+  if (error.code === 'HPE_HEADER_OVERFLOW') status = isLongRequestLine(error.rawPacket) ? 414 : 431;
+  else if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') status = 408;
+  const reason = http.STATUS_CODES[status] ?? 'Bad Request';
+  const body = JSON.stringify({ error: reason, status });
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
@@ -102,12 +143,31 @@ async function main(): Promise<void> {
   // PM2 `wait_ready`: the worker counts as online (and a reload moves on) only now.
   process.send?.('ready');
 
+  const exit = (code: number): void => {
+    // PM2 writes app output to its log files asynchronously: wait for the
+    // last line to be written before exiting, or it may be lost.
+    process.stdout.write('', () => process.exit(code));
+  };
   const stop = (signal: NodeJS.Signals): void => {
     log.info('shutting down', { signal });
-    void running.close().then(() => process.exit(0));
+    void running.close().then(() => exit(0));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+
+  // A process-level fault leaves the worker in an unknown state: finish what
+  // is in flight, flush the spans (including the one recording this fault),
+  // and exit non-zero so that PM2 starts a fresh, instrumented worker.
+  let crashing = false;
+  const crash = (kind: string) => (error: unknown): void => {
+    log.error(`${kind}: the worker exits`, { err: error });
+    if (crashing) return;
+    crashing = true;
+    if (error instanceof Error) recordError(error);
+    void running.close().then(() => exit(1));
+  };
+  process.on('uncaughtException', crash('uncaught exception'));
+  process.on('unhandledRejection', crash('unhandled rejection'));
   // PM2 in cluster mode may also ask through IPC (`shutdown_with_message`).
   process.on('message', (message) => {
     if (message === 'shutdown') stop('SIGINT');

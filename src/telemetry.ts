@@ -16,6 +16,8 @@ export interface TelemetryHook {
   flush(timeoutMs: number): Promise<void>;
   /** Flushes, then shuts the SDK down; later spans are dropped. */
   shutdown(timeoutMs: number): Promise<void>;
+  /** Spans delivered, dropped and held (during a collector outage) by the OTLP exporters so far. */
+  stats(): { delivered: number; dropped: number; held: number };
 }
 
 /** Shared with `otel/register.ts`: a registry symbol, so both sides agree without importing each other. */
@@ -28,6 +30,11 @@ function hook(): TelemetryHook | undefined {
 /** Flushes and stops telemetry, if the preload started it. Never rejects. */
 export async function shutdownTelemetry(timeoutMs: number): Promise<void> {
   await hook()?.shutdown(timeoutMs).catch(() => undefined);
+}
+
+/** What the OTLP exporters did so far, or undefined without telemetry. */
+export function telemetryStats(): ReturnType<TelemetryHook['stats']> | undefined {
+  return hook()?.stats();
 }
 
 /**

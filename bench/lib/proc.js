@@ -1,0 +1,106 @@
+// @ts-check
+'use strict';
+
+/**
+ * What the kernel says about a process, read from /proc (Linux only): CPU
+ * time, resident memory, children. Reading /proc costs the measured
+ * processes nothing, unlike asking them (PM2's `monit` samples by signal).
+ */
+const fs = require('node:fs');
+const { execFileSync } = require('node:child_process');
+
+/** Clock ticks per second, the unit of utime/stime in /proc/<pid>/stat. */
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/**
+ * The fields of /proc/<pid>/stat after the command name; the name is in
+ * parentheses and may itself hold spaces or parentheses, hence lastIndexOf.
+ * @param {number} pid
+ * @returns {string[] | undefined} undefined once the process is gone
+ */
+function statFields(pid) {
+  let text;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  return text.slice(text.lastIndexOf(')') + 2).split(' ');
+}
+
+/**
+ * User + system CPU time of a process (all its threads), in microseconds.
+ * @param {number} pid
+ * @returns {number} 0 once the process is gone
+ */
+function cpuMicros(pid) {
+  const fields = statFields(pid);
+  if (fields === undefined) return 0;
+  // After the name: state(0) ppid(1) ... utime(11) stime(12), i.e. fields 14 and 15 of proc(5).
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return (ticks * 1e6) / CLK_TCK;
+}
+
+/**
+ * Total CPU time of several processes, in microseconds.
+ * @param {readonly number[]} pids
+ */
+function totalCpuMicros(pids) {
+  return pids.reduce((sum, pid) => sum + cpuMicros(pid), 0);
+}
+
+/**
+ * Resident set size, in MB (VmRSS of /proc/<pid>/status).
+ * @param {number} pid
+ * @returns {number | undefined}
+ */
+function rssMb(pid) {
+  try {
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Mean RSS of the processes still alive, in MB.
+ * @param {readonly number[]} pids
+ */
+function meanRssMb(pids) {
+  const values = pids.map(rssMb).filter((value) => value !== undefined);
+  return values.length === 0 ? NaN : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+/**
+ * The direct children of a process, found by scanning every /proc/<pid>/stat
+ * for its parent pid (/proc/<pid>/task/<pid>/children is not on every kernel).
+ * @param {number} parent
+ * @returns {number[]}
+ */
+function childrenOf(parent) {
+  const children = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = statFields(Number(entry));
+    if (fields !== undefined && Number(fields[1]) === parent) children.push(Number(entry));
+  }
+  return children;
+}
+
+/**
+ * Whether a process exists (and is not a zombie waiting to be reaped).
+ * @param {number} pid
+ */
+function alive(pid) {
+  const fields = statFields(pid);
+  return fields !== undefined && fields[0] !== 'Z';
+}
+
+module.exports = { cpuMicros, totalCpuMicros, rssMb, meanRssMb, childrenOf, alive, CLK_TCK };

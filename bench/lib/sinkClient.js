@@ -1,0 +1,83 @@
+// @ts-check
+'use strict';
+
+/** The driver's handle on `bench/sink.js`, which runs in a child process of its own. */
+const path = require('node:path');
+const { fork } = require('node:child_process');
+const { sleep } = require('./http');
+
+/** @typedef {import('../sink').SinkStats} SinkStats */
+
+/**
+ * @typedef {object} Sink
+ * @property {number} port
+ * @property {number} pid
+ * @property {string} url                 what OTEL_EXPORTER_OTLP_ENDPOINT is set to
+ * @property {() => Promise<SinkStats>} stats
+ * @property {(options: QuietOptions) => Promise<SinkStats>} waitQuiet
+ * @property {() => Promise<void>} stop
+ */
+
+/**
+ * @typedef {object} QuietOptions
+ * @property {number} quietMs  return once no span arrived for this long
+ * @property {number} maxMs    ... or after this long in any case
+ * @property {number} [target] ... or as soon as the span count reaches this
+ */
+
+/** @returns {Promise<Sink>} */
+function startSink() {
+  const child = fork(path.join(__dirname, '..', 'sink.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
+  let nextId = 1;
+  /** @type {Map<number, (stats: SinkStats) => void>} */
+  const pending = new Map();
+  child.on('message', (/** @type {{ type: string, id: number, stats: SinkStats }} */ message) => {
+    if (message.type !== 'stats') return;
+    pending.get(message.id)?.(message.stats);
+    pending.delete(message.id);
+  });
+
+  /** @returns {Promise<SinkStats>} */
+  const stats = () =>
+    new Promise((resolve, reject) => {
+      if (!child.connected) return reject(new Error('the sink has exited'));
+      const id = nextId++;
+      pending.set(id, resolve);
+      child.send({ type: 'stats', id });
+    });
+
+  /** @param {QuietOptions} options */
+  const waitQuiet = async ({ quietMs, maxMs, target = Infinity }) => {
+    const started = Date.now();
+    let last = await stats();
+    let changedAt = Date.now();
+    while (last.spans < target && Date.now() - changedAt < quietMs && Date.now() - started < maxMs) {
+      await sleep(100);
+      const now = await stats();
+      if (now.spans !== last.spans) changedAt = Date.now();
+      last = now;
+    }
+    return last;
+  };
+
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    // Closing the channel makes the sink shut its server down and exit.
+    if (child.connected) child.disconnect();
+    const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+    await exited;
+    clearTimeout(timer);
+  };
+
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`the sink exited with code ${code} before it was ready`)));
+    child.once('message', (/** @type {{ type: string, port: number }} */ message) => {
+      if (message.type !== 'ready') return reject(new Error(`unexpected first message from the sink: ${JSON.stringify(message)}`));
+      resolve({ port: message.port, pid: /** @type {number} */ (child.pid), url: `http://127.0.0.1:${message.port}`, stats, waitQuiet, stop });
+    });
+  });
+}
+
+module.exports = { startSink };
