@@ -95,14 +95,18 @@ const MAX_HEADER_SIZE = 64 * 1024;
  */
 /**
  * Whether a header overflow came from the request line (414) rather than the
- * headers (431): the chunk the parser failed on holds the start of a request
- * line that ends beyond MAX_URL_LENGTH, or no line end at all.
+ * headers (431), judged from the chunk the parser failed on: it ends the
+ * request line (` HTTP/1.1`) after MAX_URL_LENGTH bytes or after the chunk's
+ * start, or holds no line end at all (the middle of a huge target).
  */
 function isLongRequestLine(packet: Buffer | undefined): boolean {
   if (packet === undefined) return false;
   const lineEnd = packet.indexOf('\r\n');
   if (lineEnd === -1) return true;
-  return /^[A-Z]+ /.test(packet.subarray(0, 16).toString('latin1')) && lineEnd > MAX_URL_LENGTH;
+  const firstLine = packet.subarray(0, lineEnd).toString('latin1');
+  if (!/ HTTP\/\d\.\d$/.test(firstLine)) return false;
+  const startsRequest = /^[A-Z]+ /.test(firstLine);
+  return !startsRequest || lineEnd > MAX_URL_LENGTH;
 }
 
 function answerClientError(error: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex): void {

@@ -1,0 +1,103 @@
+// @ts-check
+'use strict';
+
+/**
+ * The load generator: wrk when installed (C, little CPU per request, which
+ * matters on a 2-core machine where it shares the cores with the server),
+ * else autocannon in a child process. Both run the same request mix and
+ * report through one JSON line.
+ */
+const path = require('node:path');
+const { execFileSync, spawn } = require('node:child_process');
+const { onCleanup } = require('./cleanup');
+
+const CONNECTIONS = 50;
+const THREADS = 2;
+
+/**
+ * @typedef {object} LoadResult
+ * @property {number} requests   responses received (any status)
+ * @property {number} errors     socket errors, timeouts and non-2xx answers
+ * @property {number} seconds    how long the load ran
+ * @property {number} rps
+ * @property {number} p50Ms
+ * @property {number} p99Ms
+ */
+
+/**
+ * @typedef {object} LoadGenerator
+ * @property {string} name       e.g. "wrk 4.1.0, 2 threads, 50 connections"
+ * @property {(port: number, seconds: number) => Promise<LoadResult>} run
+ */
+
+/** @returns {string | undefined} wrk's version, if wrk is on PATH */
+function wrkVersion() {
+  try {
+    // `wrk --version` prints usage and exits 1: read its output either way.
+    execFileSync('wrk', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (error) {
+    const out = /** @type {{ stdout?: string, code?: string }} */ (error);
+    if (out.code === 'ENOENT') return undefined;
+    const match = /^wrk (\S+)/m.exec(out.stdout ?? '');
+    return match ? match[1] : 'unknown version';
+  }
+  return 'unknown version';
+}
+
+/**
+ * Runs a command to completion and parses its BENCH_JSON line.
+ * @param {string} command
+ * @param {string[]} args
+ * @returns {Promise<LoadResult>}
+ */
+function runJson(command, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const forget = onCleanup(command, () => void child.kill('SIGKILL'));
+    child.on('exit', () => void forget());
+    let output = '';
+    child.stdout.on('data', (chunk) => (output += chunk));
+    child.stderr.on('data', (chunk) => (output += chunk));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const line = output.split('\n').find((l) => l.startsWith('BENCH_JSON '));
+      if (code !== 0 || line === undefined) return reject(new Error(`${command} failed (${code}):\n${output.slice(-2000)}`));
+      const raw = JSON.parse(line.slice('BENCH_JSON '.length));
+      const seconds = raw.duration_us / 1e6;
+      resolve({
+        requests: raw.requests,
+        errors: raw.connect_errors + raw.read_errors + raw.write_errors + raw.timeouts + raw.non2xx,
+        seconds,
+        rps: raw.requests / seconds,
+        p50Ms: raw.p50_us / 1000,
+        p99Ms: raw.p99_us / 1000,
+      });
+    });
+  });
+}
+
+/**
+ * Picks wrk, or autocannon; BENCH_LOADGEN=wrk|autocannon forces one.
+ * @param {string | undefined} forced
+ * @returns {LoadGenerator}
+ */
+function chooseLoadGenerator(forced) {
+  const version = forced === 'autocannon' ? undefined : wrkVersion();
+  if (version !== undefined) {
+    const script = path.join(__dirname, '..', 'wrk', 'items.lua');
+    return {
+      name: `wrk ${version}, ${THREADS} threads, ${CONNECTIONS} connections`,
+      run: (port, seconds) =>
+        runJson('wrk', ['-t', String(THREADS), '-c', String(CONNECTIONS), '-d', `${seconds}s`, '--timeout', '5s', '-s', script, `http://127.0.0.1:${port}`]),
+    };
+  }
+  if (forced === 'wrk') throw new Error('BENCH_LOADGEN=wrk but wrk is not installed (apt-get install -y wrk)');
+  const { version: acVersion } = require('autocannon/package.json');
+  const child = path.join(__dirname, 'autocannon-child.js');
+  return {
+    name: `autocannon ${acVersion} (wrk not installed), ${CONNECTIONS} connections`,
+    run: (port, seconds) => runJson(process.execPath, [child, `http://127.0.0.1:${port}`, String(CONNECTIONS), String(seconds)]),
+  };
+}
+
+module.exports = { chooseLoadGenerator, CONNECTIONS };
