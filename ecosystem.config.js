@@ -49,7 +49,15 @@ module.exports = {
       cwd: __dirname,
       exec_mode: 'cluster',
       instances: Number(env.WEB_CONCURRENCY) || 2,
-      node_args: [`--env-file-if-exists=${envFile}`, '-r', path.join(__dirname, 'dist/otel/register.js')],
+      node_args: [
+        `--env-file-if-exists=${envFile}`,
+        // V8 grows the young generation to 3 x 32 MB under a steady request
+        // rate; 16 MB semi-spaces keep RSS a third lower at the same CPU
+        // (measured: see README, Performance).
+        '--max-semi-space-size=16',
+        '-r',
+        path.join(__dirname, 'dist/otel/register.js'),
+      ],
 
       // Readiness: a worker is online (and a reload moves on) once it has
       // listened and sent 'ready'. Shutdown: drain, then flush, within kill_timeout.
