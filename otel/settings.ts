@@ -43,6 +43,12 @@ export class TelemetryConfigError extends Error {
 
 /** Instrumentations the kit loads itself, without the auto-instrumentations bundle. */
 export const LEAN_INSTRUMENTATIONS = ['http', 'koa', 'undici'] as const;
+/**
+ * Enabled by default: server and outgoing `http` spans, and `fetch`. The
+ * route name comes from the app (`src/telemetry.ts`), so the Koa
+ * instrumentation is loaded only when listed.
+ */
+export const DEFAULT_INSTRUMENTATIONS = ['http', 'undici'];
 export const DEFAULT_RESOURCE_DETECTORS = ['env', 'host', 'os', 'process', 'serviceinstance', 'container'];
 export const KNOWN_RESOURCE_DETECTORS = [...DEFAULT_RESOURCE_DETECTORS, 'aws', 'all', 'none'];
 const SAMPLERS = [
@@ -212,7 +218,7 @@ function exporterNames(env: Env): TraceExporterName[] {
 }
 
 function instrumentationNames(env: Env): string[] {
-  const enabled = list(env, 'OTEL_NODE_ENABLED_INSTRUMENTATIONS') ?? [...LEAN_INSTRUMENTATIONS];
+  const enabled = list(env, 'OTEL_NODE_ENABLED_INSTRUMENTATIONS') ?? DEFAULT_INSTRUMENTATIONS;
   const disabled = new Set(list(env, 'OTEL_NODE_DISABLED_INSTRUMENTATIONS') ?? []);
   for (const name of [...enabled, ...disabled]) {
     if (!/^[a-z0-9][a-z0-9._-]*$/.test(name)) {

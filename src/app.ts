@@ -6,7 +6,7 @@ import Koa from 'koa';
 import Router from '@koa/router';
 import type { Context, Next } from 'koa';
 import { log as defaultLog, type Logger } from './log';
-import { recordError } from './telemetry';
+import { nameSpanAfterRoute, recordError } from './telemetry';
 import { testRoutes } from './testRoutes';
 
 export interface AppOptions {
@@ -92,6 +92,7 @@ export function createApp(options: AppOptions = {}): Koa {
   });
 
   app.use(errorHandler(options.log ?? defaultLog));
+  app.use(nameSpanAfterRoute);
   app.use(router.routes());
   if (options.testRoutes) app.use(testRoutes().routes());
   app.use(router.allowedMethods());

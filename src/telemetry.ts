@@ -8,7 +8,8 @@
  * the preload or with `OTEL_SDK_DISABLED=true`.
  */
 import { SpanStatusCode, context, trace } from '@opentelemetry/api';
-import { getRPCMetadata } from '@opentelemetry/core';
+import { RPCType, getRPCMetadata } from '@opentelemetry/core';
+import type { Context, Next } from 'koa';
 
 /** What the preload publishes on `globalThis` under {@link TELEMETRY_HOOK}. */
 export interface TelemetryHook {
@@ -49,5 +50,29 @@ export function recordError(error: Error): void {
     if (!span?.isRecording()) continue;
     span.recordException(error);
     span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+  }
+}
+
+/**
+ * Names the request's server span after the route that matched
+ * (`GET /items/:id`, attribute `http.route`), as the Koa instrumentation
+ * would, without its per-layer spans.
+ *
+ * The HTTP instrumentation reads the route from the RPC metadata of the
+ * request's context when the response ends; @koa/router records the matched
+ * route on the Koa context. Measured on this kit (README, Performance): the
+ * Koa instrumentation's router span cost a third of the tracing overhead and
+ * doubled the spans exported per request, for no information the server span
+ * lacks. With `OTEL_NODE_ENABLED_INSTRUMENTATIONS=…,koa` both agree.
+ */
+export async function nameSpanAfterRoute(ctx: Context, next: Next): Promise<void> {
+  try {
+    await next();
+  } finally {
+    const route = (ctx as Context & { _matchedRoute?: unknown })._matchedRoute;
+    if (typeof route === 'string') {
+      const metadata = getRPCMetadata(context.active());
+      if (metadata?.type === RPCType.HTTP) metadata.route = route;
+    }
   }
 }

@@ -122,6 +122,41 @@ describe('exporting', () => {
   });
 });
 
+describe('the lean default', () => {
+  /** Server spans of a few requests, with what varies between runs left out. */
+  async function serverSpansWith(env: Record<string, string>): Promise<{ perRequest: number; spans: unknown[] }> {
+    const child = startServer({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl, OTEL_BSP_SCHEDULE_DELAY: '60000', ...env });
+    const port = await listeningPort(child);
+    const traceId = '5bf92f3577b34da6a3ce929d0e0e4736';
+    await get(port, '/items/5', { traceparent: `00-${traceId}-00f067aa0ba902b7-01` });
+    await get(port, '/items/x');
+    await get(port, '/nowhere');
+    child.process.kill('SIGINT');
+    await child.exited;
+    const spans = receiver.spans.splice(0);
+    const server = spans
+      .filter((s) => s.kind === 2)
+      .map((s) => {
+        const { 'network.peer.port': _peer, 'server.port': _port, ...attributes } = s.attributes;
+        return { name: s.name, attributes, status: s.status, parent: s.traceId === traceId ? s.parentSpanId : undefined };
+      });
+    return { perRequest: spans.length / 3, spans: server };
+  }
+
+  test('names the server span after the route exactly as the Koa instrumentation does, in one span per request', async () => {
+    const lean = await serverSpansWith({});
+    const library = await serverSpansWith({ OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'http,koa,undici' });
+    expect(lean.spans).toEqual(library.spans);
+    expect(lean.spans).toMatchObject([
+      { name: 'GET /items/:id', attributes: { 'http.route': '/items/:id', 'http.response.status_code': 200, 'url.path': '/items/5' }, parent: '00f067aa0ba902b7' },
+      { name: 'GET /items/:id', attributes: { 'http.route': '/items/:id', 'http.response.status_code': 422 } },
+      { name: 'GET', attributes: { 'http.response.status_code': 404 } },
+    ]);
+    expect(lean.perRequest).toBe(1);
+    expect(library.perRequest).toBeGreaterThan(1);
+  });
+});
+
 describe('OTEL_SDK_DISABLED=true', () => {
   test('patches nothing and loads no OpenTelemetry module', async () => {
     const enabled = start(path.join(FIXTURES, 'probe.js'), {});

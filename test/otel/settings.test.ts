@@ -28,7 +28,7 @@ describe('readSettings', () => {
       exporters: ['console'],
       otlp: undefined,
       resourceDetectors: DEFAULT_RESOURCE_DETECTORS,
-      instrumentations: ['http', 'koa', 'undici'],
+      instrumentations: ['http', 'undici'],
       excludedPaths: ['/healthz', '/readyz'],
       logLevel: 'warn',
       batch: { maxQueueSize: 2048, maxExportBatchSize: 512, scheduledDelayMillis: 5000, exportTimeoutMillis: 30000 },
