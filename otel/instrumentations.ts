@@ -10,7 +10,6 @@
  * `OTEL_NODE_ENABLED_INSTRUMENTATIONS` asks for anything else, so adding a
  * database client later is still one setting away.
  */
-import type { IncomingMessage } from 'node:http';
 import type { Instrumentation } from '@opentelemetry/instrumentation';
 import type { ResourceDetector } from '@opentelemetry/resources';
 import { LEAN_INSTRUMENTATIONS, type TelemetrySettings } from './settings';
@@ -18,17 +17,11 @@ import { LEAN_INSTRUMENTATIONS, type TelemetrySettings } from './settings';
 type Config = Record<string, unknown>;
 
 /** Per-instrumentation configuration shared by the lean path and the bundle. */
-function configs(settings: TelemetrySettings): Record<string, Config> {
-  const excluded = new Set(settings.excludedPaths);
+function configs(): Record<string, Config> {
   return {
-    http: {
-      // Health checks are polled every few seconds by PM2 users and load balancers: no spans.
-      ignoreIncomingRequestHook: (request: IncomingMessage) => {
-        const url = request.url ?? '';
-        const end = url.indexOf('?');
-        return excluded.has(end === -1 ? url : url.slice(0, end));
-      },
-    },
+    // Incoming requests are traced by the kit's own server instrumentation
+    // (httpServerInstrumentation.ts); the library traces outgoing ones.
+    http: { disableIncomingRequestInstrumentation: true },
     // Router layers name the route (`http.route`, and the server span's name);
     // a span per plain middleware would only repeat the request.
     koa: { ignoreLayersType: ['middleware'] },
@@ -36,10 +29,24 @@ function configs(settings: TelemetrySettings): Record<string, Config> {
   };
 }
 
-/** Builds the enabled instrumentations; call before the modules they patch are required. */
+/**
+ * Builds the enabled instrumentations; call before the modules they patch
+ * are required. With `http` enabled, the kit's server instrumentation comes
+ * first (see httpServerInstrumentation.ts).
+ */
 export function loadInstrumentations(settings: TelemetrySettings): Instrumentation[] {
+  const instrumentations = loadLibraryInstrumentations(settings);
+  if (instrumentations.some((instrumentation) => instrumentation.instrumentationName === '@opentelemetry/instrumentation-http')) {
+    const { HttpServerInstrumentation } = require('./httpServerInstrumentation') as typeof import('./httpServerInstrumentation');
+    // Health checks are polled every few seconds by PM2 users and load balancers: no spans.
+    instrumentations.unshift(new HttpServerInstrumentation({ excludedPaths: settings.excludedPaths }));
+  }
+  return instrumentations;
+}
+
+function loadLibraryInstrumentations(settings: TelemetrySettings): Instrumentation[] {
   const names = settings.instrumentations;
-  const config = configs(settings);
+  const config = configs();
   const lean = names.every((name) => (LEAN_INSTRUMENTATIONS as readonly string[]).includes(name));
   if (lean) {
     return names.map((name) => {

@@ -23,8 +23,10 @@ export interface Child {
   stop(): Promise<void>;
 }
 
-export function startChild(script: string, env: Record<string, string>, options: { preload?: boolean } = {}): Child {
-  const args = options.preload === false ? [script] : ['-r', PRELOAD, script];
+/** Runs `script` with the kit's preload, another preload (a path), or none (`false`). */
+export function startChild(script: string, env: Record<string, string>, options: { preload?: boolean | string } = {}): Child {
+  const preload = options.preload === undefined || options.preload === true ? PRELOAD : options.preload;
+  const args = preload === false ? [script] : ['-r', preload, script];
   const child = spawn(process.execPath, args, { env: cleanEnv(env), cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';

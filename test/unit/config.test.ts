@@ -11,6 +11,7 @@ describe('loadConfig', () => {
       maxConnections: 1000,
       drainTimeoutMs: 3000,
       flushTimeoutMs: 2000,
+      testRoutes: false,
     });
   });
 
@@ -37,6 +38,7 @@ describe('loadConfig', () => {
         MAX_CONNECTIONS: '250',
         DRAIN_TIMEOUT_MS: '1000',
         FLUSH_TIMEOUT_MS: '1500',
+        ENABLE_TEST_ROUTES: 'true',
       }),
     ).toEqual({
       host: '127.0.0.1',
@@ -47,7 +49,12 @@ describe('loadConfig', () => {
       maxConnections: 250,
       drainTimeoutMs: 1000,
       flushTimeoutMs: 1500,
+      testRoutes: true,
     });
+  });
+
+  it('rejects a flag that is neither true nor false', () => {
+    expect(() => loadConfig({ ENABLE_TEST_ROUTES: 'yes' })).toThrow(new ConfigError('ENABLE_TEST_ROUTES must be true or false, got "yes"'));
   });
 
   it('trims whitespace around values', () => {
