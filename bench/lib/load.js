@@ -7,6 +7,7 @@
  * else autocannon in a child process. Both run the same request mix and
  * report through one JSON line.
  */
+const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync, spawn } = require('node:child_process');
 const { onCleanup } = require('./cleanup');
@@ -92,10 +93,10 @@ function chooseLoadGenerator(forced) {
     };
   }
   if (forced === 'wrk') throw new Error('BENCH_LOADGEN=wrk but wrk is not installed (apt-get install -y wrk)');
-  const { version: acVersion } = require('autocannon/package.json');
+  const acVersion = JSON.parse(fs.readFileSync(require.resolve('autocannon/package.json'), 'utf8')).version;
   const child = path.join(__dirname, 'autocannon-child.js');
   return {
-    name: `autocannon ${acVersion} (wrk not installed), ${CONNECTIONS} connections`,
+    name: `autocannon ${acVersion} (${forced === 'autocannon' ? 'BENCH_LOADGEN=autocannon' : 'wrk not installed'}), ${CONNECTIONS} connections`,
     run: (port, seconds) => runJson(process.execPath, [child, `http://127.0.0.1:${port}`, String(CONNECTIONS), String(seconds)]),
   };
 }

@@ -95,6 +95,29 @@ function childrenOf(parent) {
 }
 
 /**
+ * CPU time the whole machine spent busy (every core; idle and iowait
+ * excluded), in microseconds, from the first line of /proc/stat.
+ */
+function machineBusyMicros() {
+  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+  // cpu  user nice system idle iowait irq softirq steal guest guest_nice
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number);
+  return ((user + nice + system + irq + softirq + steal) * 1e6) / CLK_TCK;
+}
+
+/**
+ * This process's CPU time, and that of its children that have exited and
+ * been waited for (the load generator, once it is done), in microseconds.
+ * @returns {{ self: number, children: number }}
+ */
+function selfAndChildrenMicros() {
+  const fields = statFields(process.pid) ?? [];
+  const ticks = (/** @type {number} */ i) => Number(fields[i] ?? 0);
+  // After the name: utime(11) stime(12) cutime(13) cstime(14).
+  return { self: ((ticks(11) + ticks(12)) * 1e6) / CLK_TCK, children: ((ticks(13) + ticks(14)) * 1e6) / CLK_TCK };
+}
+
+/**
  * Whether a process exists (and is not a zombie waiting to be reaped).
  * @param {number} pid
  */
@@ -103,4 +126,4 @@ function alive(pid) {
   return fields !== undefined && fields[0] !== 'Z';
 }
 
-module.exports = { cpuMicros, totalCpuMicros, rssMb, meanRssMb, childrenOf, alive, CLK_TCK };
+module.exports = { cpuMicros, totalCpuMicros, rssMb, meanRssMb, childrenOf, alive, machineBusyMicros, selfAndChildrenMicros, CLK_TCK };

@@ -20,9 +20,12 @@ const { sleep } = require('./http');
 
 /**
  * @typedef {object} QuietOptions
- * @property {number} quietMs  return once no span arrived for this long
- * @property {number} maxMs    ... or after this long in any case
- * @property {number} [target] ... or as soon as the span count reaches this
+ * @property {number} quietMs    return once no span arrived for this long,
+ * @property {number} [atLeast]  counting quiet time only once the span count reached this
+ *                               (spans sit up to OTEL_BSP_SCHEDULE_DELAY in a worker first);
+ * @property {number} [notBefore] but never before this Date.now() time (when every batch
+ *                               processor's timer has fired);
+ * @property {number} maxMs      or after this long in any case.
  */
 
 /** @returns {Promise<Sink>} */
@@ -47,11 +50,12 @@ function startSink() {
     });
 
   /** @param {QuietOptions} options */
-  const waitQuiet = async ({ quietMs, maxMs, target = Infinity }) => {
+  const waitQuiet = async ({ quietMs, maxMs, atLeast = 0, notBefore = 0 }) => {
     const started = Date.now();
     let last = await stats();
     let changedAt = Date.now();
-    while (last.spans < target && Date.now() - changedAt < quietMs && Date.now() - started < maxMs) {
+    const quiet = () => last.spans >= atLeast && Date.now() >= notBefore && Date.now() - changedAt >= quietMs;
+    while (!quiet() && Date.now() - started < maxMs) {
       await sleep(100);
       const now = await stats();
       if (now.spans !== last.spans) changedAt = Date.now();

@@ -1,0 +1,293 @@
+// @ts-check
+'use strict';
+
+/**
+ * Turns the rounds into figures: medians per config, ratios against `off`
+ * paired within each round (the machine is shared and noisy: a slow round
+ * slows every config in it, and the ratio cancels that out), and renders
+ * them as a text table, Markdown, and a small SVG chart.
+ */
+
+/** @typedef {import('./runner').RunResult} RunResult */
+/** @typedef {import('./runner').Config} Config */
+
+/**
+ * @typedef {object} Metric
+ * @property {'rps' | 'p50Ms' | 'p99Ms' | 'cpuUsPerRequest' | 'rssMb' | 'startupMs'} key
+ * @property {string} label
+ * @property {number} digits
+ */
+
+/** @type {Metric[]} */
+const METRICS = [
+  { key: 'rps', label: 'req/s', digits: 0 },
+  { key: 'p50Ms', label: 'p50 ms', digits: 2 },
+  { key: 'p99Ms', label: 'p99 ms', digits: 2 },
+  { key: 'cpuUsPerRequest', label: 'CPU µs/req', digits: 0 },
+  { key: 'rssMb', label: 'RSS MB/worker', digits: 1 },
+  { key: 'startupMs', label: 'first 200 ms', digits: 0 },
+];
+
+/** Others' CPU (% of the machine) above which a run is marked noisy. */
+const NOISY_PCT = 20;
+
+/**
+ * @param {number[]} values
+ * @returns {number} NaN for no values
+ */
+function median(values) {
+  const sorted = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? /** @type {number} */ (sorted[mid]) : (/** @type {number} */ (sorted[mid - 1]) + /** @type {number} */ (sorted[mid])) / 2;
+}
+
+/**
+ * @typedef {object} ConfigSummary
+ * @property {string} config
+ * @property {string} title
+ * @property {string} short
+ * @property {number} rounds                        rounds that succeeded
+ * @property {Record<string, number>} median        per metric key
+ * @property {Record<string, number>} ratio         per metric key: median over rounds of value / off's value
+ * @property {number} spansPerRequest               median
+ * @property {number | undefined} expected          spans one request makes (calibrated)
+ * @property {number} missing                       summed over rounds
+ * @property {number} spanRequests                  summed over rounds
+ * @property {number} stopDelivered                 median share of the stop probe's spans that arrived
+ * @property {number} logLines                      summed over rounds
+ * @property {number} loggedDropped                 summed over rounds
+ * @property {number} errors                        summed over rounds
+ * @property {number} restarts                      summed over rounds
+ * @property {string[]} failures
+ */
+
+/**
+ * @param {Config[]} configs
+ * @param {RunResult[]} runs
+ * @returns {ConfigSummary[]}
+ */
+function summarize(configs, runs) {
+  const ok = runs.filter((r) => r.error === undefined);
+  /** @param {string} config @param {number} round */
+  const find = (config, round) => ok.find((r) => r.config === config && r.round === round);
+  return configs.map((config) => {
+    const mine = ok.filter((r) => r.config === config.id);
+    /** @type {Record<string, number>} */
+    const med = {};
+    /** @type {Record<string, number>} */
+    const ratio = {};
+    for (const { key } of METRICS) {
+      med[key] = median(mine.map((r) => r[key]));
+      ratio[key] = median(
+        mine.map((r) => {
+          const off = find('off', r.round);
+          return off === undefined ? NaN : r[key] / off[key];
+        }),
+      );
+    }
+    const sum = (/** @type {(r: RunResult) => number} */ pick) => mine.reduce((s, r) => s + pick(r), 0);
+    return {
+      config: config.id,
+      title: config.title,
+      short: config.short,
+      rounds: mine.length,
+      median: med,
+      ratio,
+      spansPerRequest: median(mine.map((r) => r.spans.perRequest)),
+      expected: mine.find((r) => r.spans.expected !== undefined)?.spans.expected,
+      missing: sum((r) => r.spans.missing ?? 0),
+      spanRequests: sum((r) => r.spans.requests),
+      stopDelivered: median(mine.map((r) => r.spans.stopProbe?.delivered ?? NaN)),
+      logLines: sum((r) => r.spans.logLines),
+      loggedDropped: sum((r) => r.spans.loggedDropped),
+      errors: sum((r) => r.errors),
+      restarts: sum((r) => r.restarts),
+      failures: runs.filter((r) => r.config === config.id && r.error !== undefined).map((r) => `round ${r.round}: ${r.error}`),
+    };
+  });
+}
+
+/**
+ * @param {number | undefined} value
+ * @param {number} digits
+ */
+function num(value, digits) {
+  if (value === undefined || !Number.isFinite(value)) return '—';
+  return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+/** @param {number | undefined} share */
+const percent = (share) => (share === undefined || !Number.isFinite(share) ? '—' : `${Math.round(100 * share)}%`);
+
+/** @param {number | undefined} value */
+const times = (value) => (value === undefined || !Number.isFinite(value) ? '—' : `${value.toFixed(2)}×`);
+
+/**
+ * Missing spans with their share of the spans expected.
+ * @param {ConfigSummary} s
+ */
+function missingText(s) {
+  if (s.expected === undefined) return '—';
+  const expectedTotal = s.expected * s.spanRequests;
+  // A handful of requests are still in flight when the load generator stops
+  // counting: their spans arrive uncounted-for, so tiny negatives are noise.
+  const missing = Math.max(0, s.missing);
+  return `${num(missing, 0)} (${num(expectedTotal > 0 ? (100 * missing) / expectedTotal : 0, 1)}%)`;
+}
+
+/**
+ * @typedef {object} Table
+ * @property {string} title
+ * @property {string[]} head
+ * @property {string[][]} rows
+ * @property {string} [note]
+ */
+
+/**
+ * @param {ConfigSummary[]} summaries
+ * @param {number} rounds
+ * @returns {Table}
+ */
+function summaryTable(summaries, rounds) {
+  return {
+    title: `Medians over ${rounds} round${rounds === 1 ? '' : 's'}`,
+    head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'spans missing', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
+    rows: summaries.map((s) => [
+      s.config,
+      ...METRICS.map((m) => num(s.median[m.key], m.digits)),
+      num(s.spansPerRequest, 2),
+      missingText(s),
+      percent(s.stopDelivered),
+      s.config === 'python' ? '—' : String(s.logLines),
+      String(s.errors),
+    ]),
+  };
+}
+
+/**
+ * @param {ConfigSummary[]} summaries
+ * @returns {Table}
+ */
+function ratioTable(summaries) {
+  return {
+    title: 'Ratio to off (median over rounds of each round\'s ratio; req/s: higher is better, all else: lower is better)',
+    head: ['config', ...METRICS.map((m) => m.label)],
+    rows: summaries.map((s) => [s.config, ...METRICS.map((m) => times(s.ratio[m.key]))]),
+  };
+}
+
+/**
+ * @param {RunResult[]} runs
+ * @returns {Table}
+ */
+function roundsTable(runs) {
+  return {
+    title: 'Every run',
+    head: ['round', 'config', ...METRICS.map((m) => m.label), 'requests', 'errors', 'spans', 'spans/req', 'missing', 'kept at stop', 'sink µs/req', 'loadgen CPU %', 'others\' CPU %'],
+    rows: runs.map((r) =>
+      r.error !== undefined
+        ? [String(r.round), r.config, `FAILED: ${r.error.split('\n')[0]}`]
+        : [
+            String(r.round),
+            r.config,
+            ...METRICS.map((m) => num(r[m.key], m.digits)),
+            num(r.requests, 0),
+            String(r.errors),
+            num(r.spans.received, 0),
+            num(r.spans.perRequest, 2),
+            r.spans.missing === undefined ? '—' : num(r.spans.missing, 0),
+            r.spans.stopProbe === undefined ? '—' : `${r.spans.stopProbe.received}/${Math.round(r.spans.stopProbe.requests * (r.spans.expected ?? 0))}`,
+            num(r.sinkCpuUsPerRequest, 1),
+            num(r.loadgenCpuPct, 0),
+            `${num(r.otherCpuPct, 0)}${r.otherCpuPct > NOISY_PCT ? '*' : ''}`,
+          ],
+    ),
+  };
+}
+
+/**
+ * A plain-text table, numbers right-aligned.
+ * @param {Table} table
+ */
+function textTable(table) {
+  const widths = table.head.map((h, i) => Math.max(h.length, ...table.rows.map((row) => (row[i] ?? '').length)));
+  const line = (/** @type {string[]} */ cells) =>
+    cells.map((cell, i) => (i < 2 && !/^\d/.test(cell) ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join('  ').trimEnd();
+  return [table.title, line(table.head), widths.map((w) => '-'.repeat(w)).join('  '), ...table.rows.map(line)].join('\n');
+}
+
+/**
+ * A GFM table.
+ * @param {Table} table
+ */
+function markdownTable(table) {
+  const cells = (/** @type {string[]} */ row) => `| ${row.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
+  const align = table.head.map((_, i) => (i === 0 || (i === 1 && table.head[1] === 'config') ? '---' : '---:'));
+  return [`### ${table.title}`, '', cells(table.head), `| ${align.join(' | ')} |`, ...table.rows.map(cells)].join('\n');
+}
+
+/** @param {string} text */
+const xml = (text) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+/**
+ * A horizontal grouped bar chart of the req/s and CPU-per-request ratios to
+ * `off`, with `off` as a dashed line at 1.0: readable at a glance without
+ * any chart library.
+ * @param {ConfigSummary[]} summaries
+ * @param {string} subtitle
+ */
+function svgChart(summaries, subtitle) {
+  const shown = summaries.filter((s) => s.config !== 'off');
+  const bars = [
+    { key: 'rps', label: 'req/s (higher is better)', color: '#2b7bb9' },
+    { key: 'cpuUsPerRequest', label: 'CPU per request (lower is better)', color: '#e07b39' },
+  ];
+  const values = shown.flatMap((s) => bars.map((b) => s.ratio[b.key] ?? NaN)).filter(Number.isFinite);
+  const max = Math.max(1.5, Math.ceil(Math.max(...values, 0) * 2) / 2);
+  const left = 130;
+  const plotWidth = 480;
+  const width = left + plotWidth + 70;
+  const barHeight = 18;
+  const groupHeight = bars.length * (barHeight + 4) + 18;
+  const top = 62;
+  const height = top + shown.length * groupHeight + 50;
+  const x = (/** @type {number} */ v) => left + (v / max) * plotWidth;
+
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    `<text x="12" y="22" font-size="15" font-weight="bold">Cost of tracing: each config relative to off (= 1.0)</text>`,
+    `<text x="12" y="40" fill="#555">${xml(subtitle)}</text>`,
+  ];
+  for (let tick = 0; tick <= max + 1e-9; tick += 0.5) {
+    parts.push(`<line x1="${x(tick)}" y1="${top - 6}" x2="${x(tick)}" y2="${height - 42}" stroke="#eee"/>`);
+    parts.push(`<text x="${x(tick)}" y="${height - 30}" text-anchor="middle" fill="#777">${tick.toFixed(1)}×</text>`);
+  }
+  shown.forEach((s, g) => {
+    const y0 = top + g * groupHeight;
+    parts.push(`<text x="${left - 8}" y="${y0 + groupHeight / 2 - 10}" text-anchor="end" font-weight="bold">${xml(s.config)}</text>`);
+    parts.push(`<text x="${left - 8}" y="${y0 + groupHeight / 2 + 5}" text-anchor="end" fill="#666" font-size="10">${xml(s.short)}</text>`);
+    bars.forEach((b, i) => {
+      const v = s.ratio[b.key] ?? NaN;
+      const y = y0 + i * (barHeight + 4);
+      if (!Number.isFinite(v)) {
+        parts.push(`<text x="${left + 4}" y="${y + 13}" fill="#999">no data</text>`);
+        return;
+      }
+      parts.push(`<rect x="${left}" y="${y}" width="${Math.max(1, x(v) - left)}" height="${barHeight}" fill="${b.color}"/>`);
+      parts.push(`<text x="${x(v) + 5}" y="${y + 13}">${v.toFixed(2)}×</text>`);
+    });
+  });
+  parts.push(`<line x1="${x(1)}" y1="${top - 10}" x2="${x(1)}" y2="${height - 42}" stroke="#222" stroke-dasharray="4 3"/>`);
+  parts.push(`<text x="${x(1) + 4}" y="${top - 12}" fill="#222">off</text>`);
+  bars.forEach((b, i) => {
+    const lx = 12 + i * 260;
+    parts.push(`<rect x="${lx}" y="${height - 18}" width="12" height="12" fill="${b.color}"/>`);
+    parts.push(`<text x="${lx + 18}" y="${height - 8}">${xml(b.label)}</text>`);
+  });
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}
+
+module.exports = { METRICS, NOISY_PCT, median, summarize, summaryTable, ratioTable, roundsTable, textTable, markdownTable, svgChart };

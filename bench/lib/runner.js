@@ -1,0 +1,389 @@
+// @ts-check
+'use strict';
+
+/**
+ * One configuration, one round: start it, time the first 200, warm up,
+ * load it while reading the workers' CPU time, count the spans that reached
+ * the sink, stop it, and leave nothing running.
+ */
+const path = require('node:path');
+const { createPm2, writeEcosystem } = require('./pm2');
+const { startGunicorn } = require('./python');
+const { onCleanup } = require('./cleanup');
+const { waitFor200, sequentialItems, freePort, sleep } = require('./http');
+const os = require('node:os');
+const { cpuMicros, totalCpuMicros, meanRssMb, alive, machineBusyMicros, selfAndChildrenMicros } = require('./proc');
+
+/** @typedef {import('./sinkClient').Sink} Sink */
+/** @typedef {import('./load').LoadGenerator} LoadGenerator */
+/** @typedef {import('./python').PythonInfo} PythonInfo */
+
+const WORKERS = 2;
+const READY_PATH = '/items/1';
+/** Requests sent one by one to learn how many spans one request makes. */
+const CALIBRATION_REQUESTS = 50;
+/** Requests sent one by one right before `pm2 stop`, to see whether their spans survive it. */
+const STOP_PROBE_REQUESTS = 100;
+/**
+ * OTEL_BSP_SCHEDULE_DELAY, which every config leaves at the SDK default: a
+ * span that ended at time t has left its worker by t + this (plus the time
+ * to send it), unless the batch processor dropped it.
+ */
+const BSP_SCHEDULE_DELAY_MS = 5000;
+
+/**
+ * @typedef {object} Config
+ * @property {string} id
+ * @property {string} title          one line for the tables
+ * @property {string} short          a few words for the chart
+ * @property {'pm2' | 'python'} kind
+ * @property {boolean} traced         whether spans are expected at the sink
+ * @property {(sink: Sink) => Record<string, string>} [env]  what differs from the kit's defaults
+ * @property {string} [preload]      replaces the kit's preload in node_args
+ */
+
+/** @type {Config[]} */
+const CONFIGS = [
+  { id: 'off', title: 'kit, OTEL_SDK_DISABLED=true', short: 'no tracing', kind: 'pm2', traced: false, env: () => ({ OTEL_SDK_DISABLED: 'true' }) },
+  {
+    id: 'kit',
+    title: 'kit defaults: 100% sampled, OTLP/gRPC',
+    short: 'kit defaults',
+    kind: 'pm2',
+    traced: true,
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url }),
+  },
+  {
+    id: 'textbook',
+    title: 'NodeSDK + all auto-instrumentations',
+    short: 'guide: NodeSDK + auto',
+    kind: 'pm2',
+    traced: true,
+    preload: path.join(__dirname, '..', 'textbook-preload.js'),
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }),
+  },
+  { id: 'python', title: 'FastAPI, gunicorn + 2 uvicorn workers (uninstrumented)', short: 'FastAPI, untraced', kind: 'python', traced: false },
+];
+
+/**
+ * @typedef {object} Settings
+ * @property {number} warmupS
+ * @property {number} durationS
+ * @property {number} quietWaitS     how long to wait, at most, for other tenants to leave the CPU before a load
+ * @property {Sink} sink
+ * @property {LoadGenerator} load
+ * @property {PythonInfo | undefined} python
+ * @property {(message: string) => void} progress
+ */
+
+/**
+ * @typedef {object} SpanFigures
+ * @property {number} requests        every request answered during this run (start-up poll, calibration, warm-up, load)
+ * @property {number} received        spans that reached the sink during this run
+ * @property {number} perRequest      received / requests
+ * @property {number | undefined} expected  spans one request makes (calibrated), if known
+ * @property {number | undefined} missing   requests * expected - received (negative: a few requests
+ *                                          still in flight when the load generator stopped counting)
+ * @property {StopProbe | undefined} stopProbe  what became of the last requests' spans at `pm2 stop`
+ * @property {number} logLines        worker log lines that mention "dropped"
+ * @property {number} loggedDropped   sum of N in "Dropped N spans" log lines
+ */
+
+/**
+ * @typedef {object} StopProbe
+ * @property {number} requests   answered one by one right before `pm2 stop`
+ * @property {number} received   their spans that reached the sink, during or after the stop
+ * @property {number} delivered  received / (requests * expected): 1 when the stop flushes
+ */
+
+/**
+ * @typedef {object} RunResult
+ * @property {string} config
+ * @property {number} round
+ * @property {string | undefined} error
+ * @property {number} startupMs      from `pm2 start` (or gunicorn's spawn) to the first 200
+ * @property {number} rps
+ * @property {number} p50Ms
+ * @property {number} p99Ms
+ * @property {number} cpuUsPerRequest   worker CPU time (user + system) over the load, per request
+ * @property {number} rssMb          mean VmRSS of the workers at the end of the load
+ * @property {number} requests       answered during the measured load
+ * @property {number} errors         socket errors and non-2xx during the measured load
+ * @property {number} seconds
+ * @property {number} sinkCpuUsPerRequest  the sink's own CPU over the load, per request
+ * @property {number} loadgenCpuPct  the load generator's CPU over the load, % of all cores
+ * @property {number} otherCpuPct    CPU used by processes outside the bench during the load, % of all cores
+ * @property {number} quietWaitS     seconds spent waiting for a quiet machine before the load
+ * @property {number} restarts       worker restarts (CPU figures are void if > 0)
+ * @property {SpanFigures} spans
+ */
+
+/**
+ * Learns how many spans one request makes: requests one at a time, then
+ * waits for their spans to leave the workers' batch processors.
+ * @param {Sink} sink
+ * @param {number} port
+ * @param {number} spansBefore  the sink's count before the app started
+ * @param {number} requestsSoFar
+ */
+async function calibrate(sink, port, spansBefore, requestsSoFar) {
+  const requests = requestsSoFar + (await sequentialItems(port, CALIBRATION_REQUESTS));
+  // Every worker's batch timer was armed by now: all these spans arrive within the delay.
+  const notBefore = Date.now() + BSP_SCHEDULE_DELAY_MS + 500;
+  const stats = await sink.waitQuiet({ atLeast: spansBefore + 1, notBefore, quietMs: 500, maxMs: 20_000 });
+  return { requests, expected: (stats.spans - spansBefore) / requests };
+}
+
+/** Machine CPU use (% of all cores) under which the machine counts as quiet. */
+const QUIET_BELOW_PCT = 15;
+
+/**
+ * Waits (at most `maxS`) for a second in which the whole machine is nearly
+ * idle: on a shared machine, other tenants' test runs come in bursts, and a
+ * load that starts in a lull is measured against less of them. The app under
+ * test is idle meanwhile, so its own CPU hardly counts.
+ * @param {number} maxS
+ * @returns {Promise<number>} seconds waited
+ */
+async function waitForQuietMachine(maxS) {
+  const started = Date.now();
+  while (Date.now() - started < maxS * 1000) {
+    const before = machineBusyMicros();
+    await sleep(1000);
+    const busyPct = (100 * (machineBusyMicros() - before)) / (1e6 * os.availableParallelism());
+    if (busyPct < QUIET_BELOW_PCT) break;
+  }
+  return (Date.now() - started) / 1000;
+}
+
+/**
+ * The part every kind of server shares, once it answers: warm-up, measured
+ * load with CPU and memory read from /proc, then span accounting.
+ * @param {Settings} settings
+ * @param {{ port: number, pids: number[], managerPid: number, traced: boolean, spansBefore: number, expected: number | undefined }} app
+ *   `managerPid`: the PM2 daemon or gunicorn master, whose CPU is the bench's, not another tenant's
+ */
+async function measure(settings, app) {
+  const { sink, load } = settings;
+  let requests = 1; // the start-up poll's 200
+  let expected = app.expected;
+  if (app.traced && expected === undefined) {
+    settings.progress('calibrating spans per request');
+    ({ requests, expected } = await calibrate(sink, app.port, app.spansBefore, requests));
+  }
+  settings.progress(`warm-up ${settings.warmupS} s`);
+  requests += (await load.run(app.port, settings.warmupS)).requests;
+
+  const quietWaitS = settings.quietWaitS > 0 ? await waitForQuietMachine(settings.quietWaitS) : 0;
+  settings.progress(`load ${settings.durationS} s${quietWaitS > 1.5 ? ` (after waiting ${quietWaitS.toFixed(0)} s for a quiet machine)` : ''}`);
+  const sinkCpu0 = (await sink.stats()).cpuMicros;
+  const [machine0, driver0, cpu0, manager0] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
+  const result = await load.run(app.port, settings.durationS);
+  const loadEndedAt = Date.now();
+  const [machine1, driver1, cpu1, manager1] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
+  const rssMb = meanRssMb(app.pids);
+  const sinkCpu1 = (await sink.stats()).cpuMicros;
+  requests += result.requests;
+
+  // Where the machine's CPU went during the load, as % of all cores: the
+  // load generator (a child that has exited, so in our cutime), and what
+  // neither it, the workers, their manager, the sink nor the driver used:
+  // other tenants of the machine.
+  const capacity = result.seconds * 1e6 * os.availableParallelism();
+  const loadgenMicros = driver1.children - driver0.children;
+  const benchMicros = cpu1 - cpu0 + (manager1 - manager0) + (sinkCpu1 - sinkCpu0) + (driver1.self - driver0.self) + loadgenMicros;
+  const otherMicros = machine1 - machine0 - benchMicros;
+
+  return {
+    expected,
+    totalRequests: requests,
+    loadEndedAt,
+    figures: {
+      rps: result.rps,
+      p50Ms: result.p50Ms,
+      p99Ms: result.p99Ms,
+      cpuUsPerRequest: (cpu1 - cpu0) / result.requests,
+      rssMb,
+      requests: result.requests,
+      errors: result.errors,
+      seconds: result.seconds,
+      sinkCpuUsPerRequest: (sinkCpu1 - sinkCpu0) / result.requests,
+      loadgenCpuPct: (100 * loadgenMicros) / capacity,
+      otherCpuPct: Math.max(0, (100 * otherMicros) / capacity),
+      quietWaitS,
+    },
+  };
+}
+
+/**
+ * The sink's span count once the workers' batch processors have sent what
+ * they held at the end of the load (their timers were armed by then).
+ * @param {Sink} sink
+ * @param {number} loadEndedAt
+ */
+async function awaitSpans(sink, loadEndedAt) {
+  return (await sink.waitQuiet({ notBefore: loadEndedAt + BSP_SCHEDULE_DELAY_MS + 1000, quietMs: 1000, maxMs: 30_000 })).spans;
+}
+
+/**
+ * Reads the worker logs for the batch processor's "Dropped N spans" warnings.
+ * @param {string} logs
+ */
+function droppedInLogs(logs) {
+  const lines = logs.split('\n').filter((line) => /dropp/i.test(line));
+  const loggedDropped = lines.reduce((sum, line) => sum + [...line.matchAll(/Dropped (\d+) spans/gi)].reduce((s, m) => s + Number(m[1]), 0), 0);
+  return { logLines: lines.length, loggedDropped };
+}
+
+/**
+ * @param {number} received
+ * @param {number} requests
+ * @param {number | undefined} expected
+ * @param {StopProbe | undefined} stopProbe
+ * @param {string} logs
+ * @returns {SpanFigures}
+ */
+function spanFigures(received, requests, expected, stopProbe, logs) {
+  return {
+    requests,
+    received,
+    perRequest: received / requests,
+    expected,
+    missing: expected === undefined ? undefined : Math.round(requests * expected - received),
+    stopProbe,
+    ...droppedInLogs(logs),
+  };
+}
+
+/**
+ * Stops the app right after a few requests, before any batch timer fires:
+ * their spans reach the sink only if stopping flushes them.
+ * @param {Sink} sink
+ * @param {number} port
+ * @param {number} expected
+ * @param {() => Promise<unknown>} stopApp
+ * @returns {Promise<StopProbe>}
+ */
+async function stopProbe(sink, port, expected, stopApp) {
+  const before = (await sink.stats()).spans;
+  const requests = await sequentialItems(port, STOP_PROBE_REQUESTS);
+  await stopApp();
+  const received = (await sink.waitQuiet({ quietMs: 1000, maxMs: 5000 })).spans - before;
+  return { requests, received, delivered: received / (requests * expected) };
+}
+
+/**
+ * Runs a PM2 config: its own daemon (temp PM2_HOME), the kit's ecosystem
+ * file with this config's changes, 2 cluster workers.
+ * @param {Config} config
+ * @param {Settings} settings
+ * @param {number | undefined} expected  spans per request, if calibrated in an earlier round
+ */
+async function runPm2(config, settings, expected) {
+  const { sink } = settings;
+  const port = await freePort();
+  const name = `bench-${config.id}`;
+  const env = { HOST: '127.0.0.1', PORT: String(port), APP_NAME: name, WEB_CONCURRENCY: String(WORKERS), ...config.env?.(sink) };
+  // The same values in the daemon's environment and the app's env block: a
+  // preload sees only the former (see textbook-preload.js), the app the latter.
+  const pm2 = createPm2(env);
+  const stopDaemon = onCleanup(`PM2 daemon (PM2_HOME=${pm2.home})`, () => pm2.kill());
+  try {
+    await pm2.start();
+    const ecosystem = writeEcosystem(pm2.home, { name, env, preload: config.preload });
+    const spansBefore = (await sink.stats()).spans;
+
+    settings.progress('pm2 start');
+    const startedAt = performance.now();
+    const start = pm2.spawnRun(['start', ecosystem]);
+    /** @type {string | undefined} */
+    let startFailed;
+    start.done.catch((/** @type {Error} */ error) => (startFailed = error.message));
+    const firstOk = await waitFor200(port, READY_PATH, { gaveUp: () => startFailed });
+    await start.done;
+    const workers = await pm2.waitOnline(name, WORKERS);
+    const pids = workers.map((w) => w.pid);
+
+    const measured = await measure(settings, { port, pids, managerPid: pm2.pid, traced: config.traced, spansBefore, expected });
+    const restarts = (await pm2.list(name)).reduce((sum, w) => sum + w.restarts, 0);
+
+    const stopApp = () => pm2.run(['stop', name]);
+    let received = 0;
+    /** @type {StopProbe | undefined} */
+    let probe;
+    if (config.traced && measured.expected !== undefined) {
+      settings.progress('waiting for spans');
+      received = (await awaitSpans(sink, measured.loadEndedAt)) - spansBefore;
+      settings.progress(`${STOP_PROBE_REQUESTS} requests, then pm2 stop`);
+      probe = await stopProbe(sink, port, measured.expected, stopApp);
+    } else {
+      await stopApp();
+      // An untraced config must send nothing at all; whatever it sent is counted.
+      received = (await sink.waitQuiet({ quietMs: 500, maxMs: 2000 })).spans - spansBefore;
+    }
+    await pm2.run(['delete', name]);
+    const spans = spanFigures(received, measured.totalRequests, measured.expected, probe, pm2.logs());
+    return { startupMs: firstOk - startedAt, restarts, ...measured.figures, spans };
+  } finally {
+    await stopDaemon();
+  }
+}
+
+/**
+ * Runs the Python peer under gunicorn.
+ * @param {Settings} settings
+ */
+async function runPython(settings) {
+  const python = settings.python;
+  if (python === undefined) throw new Error('no Python');
+  const port = await freePort();
+  const spansBefore = (await settings.sink.stats()).spans;
+  settings.progress('gunicorn start');
+  const gunicorn = startGunicorn(python, port);
+  const stop = onCleanup(`gunicorn (pid ${gunicorn.pid})`, () => gunicorn.stop());
+  try {
+    const firstOk = await waitFor200(port, READY_PATH, { gaveUp: gunicorn.died });
+    const pids = await gunicorn.workers(WORKERS);
+    const measured = await measure(settings, { port, pids, managerPid: gunicorn.pid, traced: false, spansBefore, expected: undefined });
+    // gunicorn replaces a worker that dies: a pid that changed means a restart.
+    const restarts = pids.filter((pid) => !alive(pid)).length;
+    const logs = gunicorn.logs();
+    await stop();
+    const received = (await settings.sink.stats()).spans - spansBefore;
+    const spans = spanFigures(received, measured.totalRequests, undefined, undefined, logs);
+    return { startupMs: firstOk - gunicorn.startedAt, restarts, ...measured.figures, spans };
+  } finally {
+    await stop();
+  }
+}
+
+/**
+ * Runs one config once; failures are returned, not thrown, so that one
+ * broken config does not cost the others their rounds.
+ * @param {Config} config
+ * @param {number} round
+ * @param {Settings} settings
+ * @param {number | undefined} expected
+ * @returns {Promise<RunResult>}
+ */
+async function runOnce(config, round, settings, expected) {
+  try {
+    const figures = config.kind === 'pm2' ? await runPm2(config, settings, expected) : await runPython(settings);
+    return { config: config.id, round, error: undefined, ...figures };
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    return { ...failed(config.id, round), error: message };
+  }
+}
+
+/**
+ * @param {string} config
+ * @param {number} round
+ * @returns {RunResult}
+ */
+function failed(config, round) {
+  const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
+  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, restarts: 0, spans };
+}
+
+module.exports = { CONFIGS, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT };

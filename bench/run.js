@@ -1,0 +1,255 @@
+// @ts-check
+'use strict';
+
+/**
+ * The benchmark: what tracing costs this kit, measured side by side in one
+ * run on this machine.
+ *
+ *   npm run bench                 3 rounds of 10 s per config (about 5 minutes)
+ *   npm run bench -- --quick      1 round of 3 s: a smoke test
+ *   BENCH_ROUNDS=5 BENCH_DURATION=20 npm run bench
+ *   BENCH_CONFIGS=off,kit npm run bench          a subset (off is always needed)
+ *   BENCH_LOADGEN=autocannon npm run bench       force the fallback load generator
+ *   BENCH_QUIET_WAIT=0 npm run bench             do not wait for a quiet machine before each load
+ *
+ * Configs, each as 2 workers (PM2 cluster mode from the kit's own
+ * ecosystem.config.js, or gunicorn): `off` (OTEL_SDK_DISABLED=true), `kit`
+ * (the kit's defaults, exporting to a local OTLP/gRPC sink), `textbook`
+ * (the NodeSDK preload the guides show, same sink) and `python` (the seed's
+ * FastAPI app, uninstrumented; skipped if not installed).
+ *
+ * Rounds interleave the configs (in a rotating order) and never run two at
+ * once; ratios to `off` are taken within each round, then the median over
+ * rounds is reported, so that a noisy neighbour on the shared 2-core machine
+ * slows both sides of a ratio. Figures go to stdout; progress to stderr; files
+ * to bench/results/ (latest.json, latest.md, latest.svg; --quick writes
+ * bench/results/tmp/quick.* instead, leaving the last full run alone).
+ */
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { CONFIGS, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT } = require('./lib/runner');
+const { chooseLoadGenerator } = require('./lib/load');
+const { findPython } = require('./lib/python');
+const { startSink } = require('./lib/sinkClient');
+const { onCleanup, cleanupAll, cleanupOnSignals } = require('./lib/cleanup');
+const { ROOT } = require('./lib/pm2');
+const report = require('./lib/report');
+const { NOISY_PCT } = report;
+
+/** @typedef {import('./lib/runner').Config} Config */
+/** @typedef {import('./lib/runner').RunResult} RunResult */
+
+/**
+ * @param {string} name
+ * @param {number} fallback
+ * @param {boolean} [allowFraction]
+ */
+function positive(name, fallback, allowFraction = false) {
+  const raw = process.env[name];
+  if (raw === undefined || raw.trim() === '') return fallback;
+  const value = Number(raw);
+  if (!(value > 0) || (!allowFraction && !Number.isInteger(value))) throw new Error(`${name} must be a positive ${allowFraction ? 'number' : 'integer'}, got ${JSON.stringify(raw)}`);
+  return value;
+}
+
+function options() {
+  const args = process.argv.slice(2);
+  const unknown = args.filter((a) => a !== '--quick');
+  if (unknown.length > 0) throw new Error(`unknown argument ${unknown.join(' ')} (usage: npm run bench [-- --quick])`);
+  const quick = args.includes('--quick');
+  const wanted = (process.env.BENCH_CONFIGS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const configs = wanted.length === 0 ? CONFIGS : CONFIGS.filter((c) => c.id === 'off' || wanted.includes(c.id));
+  for (const id of wanted) if (!CONFIGS.some((c) => c.id === id)) throw new Error(`BENCH_CONFIGS: unknown config "${id}" (known: ${CONFIGS.map((c) => c.id).join(', ')})`);
+  return {
+    quick,
+    configs,
+    rounds: quick ? 1 : positive('BENCH_ROUNDS', 3),
+    durationS: quick ? 3 : positive('BENCH_DURATION', 10),
+    warmupS: quick ? 1 : positive('BENCH_WARMUP', 2),
+    quietWaitS: process.env.BENCH_QUIET_WAIT === '0' ? 0 : positive('BENCH_QUIET_WAIT', quick ? 5 : 20),
+    loadgen: process.env.BENCH_LOADGEN,
+  };
+}
+
+/** What a reader needs to weigh the figures. */
+function machine() {
+  const cpuinfo = fs.existsSync('/proc/cpuinfo') ? fs.readFileSync('/proc/cpuinfo', 'utf8') : '';
+  const pm2Version = require(path.join(ROOT, 'node_modules', 'pm2', 'package.json')).version;
+  return {
+    cpu: /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? 'unknown',
+    cores: os.cpus().length,
+    ramGiB: Math.round(os.totalmem() / 2 ** 30),
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+    pm2: pm2Version,
+    loadAverageAtStart: os.loadavg().map((l) => Number(l.toFixed(2))),
+    date: new Date().toISOString(),
+  };
+}
+
+/**
+ * The env file the kit's workers load (`--env-file-if-exists`), if it exists.
+ * @returns {string | undefined}
+ */
+function kitEnvFile() {
+  /** @type {string[]} */
+  const nodeArgs = [].concat(require(path.join(ROOT, 'ecosystem.config.js')).apps[0].node_args ?? []);
+  const file = nodeArgs.find((arg) => arg.startsWith('--env-file-if-exists='))?.slice('--env-file-if-exists='.length);
+  return file !== undefined && fs.existsSync(file) ? file : undefined;
+}
+
+/**
+ * The configs in a different order each round, so that none always runs
+ * first (cold caches) or right after the heaviest.
+ * @param {Config[]} configs
+ * @param {number} round 1-based
+ */
+function orderFor(configs, round) {
+  const shift = (round - 1) % configs.length;
+  return [...configs.slice(shift), ...configs.slice(0, shift)];
+}
+
+/** @param {RunResult} r */
+function oneLine(r) {
+  if (r.error !== undefined) return `FAILED: ${r.error.split('\n')[0]}`;
+  const spans = r.spans.received > 0 || r.spans.expected !== undefined ? `, ${r.spans.perRequest.toFixed(2)} spans/req` : '';
+  return `${Math.round(r.rps)} req/s, p99 ${r.p99Ms.toFixed(1)} ms, ${Math.round(r.cpuUsPerRequest)} µs CPU/req, ${r.rssMb.toFixed(0)} MB, first 200 in ${Math.round(r.startupMs)} ms${spans}`;
+}
+
+/**
+ * Notes that depend on what was measured.
+ * @param {import('./lib/report').ConfigSummary[]} summaries
+ * @param {{ pythonNote: string, loadName: string, runs: RunResult[], envFile: string | undefined, quietWaitS: number }} context
+ */
+function notesFor(summaries, context) {
+  const notes = [];
+  for (const s of summaries) {
+    if (s.config === 'off' && s.spanRequests > 0 && s.spansPerRequest > 0) notes.push(`off: the sink received spans (${s.spansPerRequest.toFixed(2)}/req) although the SDK is disabled.`);
+    if (s.expected !== undefined) {
+      const missing = Math.max(0, s.missing);
+      const logged = s.logLines > 0 ? `${s.logLines} worker log line(s) mention "dropped"${s.loggedDropped > 0 ? ` (${s.loggedDropped} spans)` : ''}` : 'no worker log line mentions "dropped"';
+      const stop = Number.isFinite(s.stopDelivered) ? `; of the spans of ${STOP_PROBE_REQUESTS} requests sent right before \`pm2 stop\`, ${Math.round(100 * s.stopDelivered)}% arrived` : '';
+      notes.push(
+        `${s.config}: ${s.expected.toFixed(2)} spans per request (calibrated on ${CALIBRATION_REQUESTS} sequential requests); under load ${missing} of ${Math.round(s.expected * s.spanRequests)} expected spans never reached the sink; ${logged}${stop}.`,
+      );
+    }
+    if (s.restarts > 0) notes.push(`${s.config}: ${s.restarts} worker restart(s) during the load: its CPU and RSS figures are unreliable.`);
+    for (const failure of s.failures) notes.push(`${s.config} FAILED ${failure.split('\n')[0]}`);
+  }
+  const others = context.runs.filter((r) => r.error === undefined).map((r) => r.otherCpuPct);
+  if (others.length > 0) {
+    notes.push(
+      `Noise: processes outside the bench used a median ${report.median(others).toFixed(0)}% (max ${Math.max(...others).toFixed(0)}%) of the machine's CPU during the loads ("others' CPU %" per run, * above ${NOISY_PCT}%), although each load waited up to ${context.quietWaitS} s for a second under ${QUIET_BELOW_PCT}% machine CPU; the ratios pair each config with off from the same round to cancel part of it, and CPU per request is the figure it moves least.`,
+    );
+  }
+  notes.push(context.pythonNote);
+  notes.push(
+    'first 200 ms: from spawning `pm2 start` (whose CLI alone takes a few hundred ms to load) or gunicorn, to the first 200 on GET /items/1, polled every 10 ms; RSS: mean VmRSS of the 2 workers at the end of the load.',
+  );
+  if (context.envFile !== undefined) notes.push(`${context.envFile} exists and every PM2 worker loads it (the kit's --env-file-if-exists): its settings apply to these figures.`);
+  notes.push(`Load: ${context.loadName}, on the same 2 cores as the servers, so req/s is what is left to the servers; CPU per request is the workers' own (user + system time from /proc over the load, divided by the requests answered), much less sensitive to the load generator than req/s, though not immune: a server starved of CPU batches fewer requests per event-loop turn.`);
+  notes.push(
+    `"spans missing" = requests × spans per request − spans received, counted ${BSP_SCHEDULE_DELAY_MS / 1000 + 1} s after the load (OTEL_BSP_SCHEDULE_DELAY + 1 s, so every batch has left) and before stopping; up to 50 requests per load-generator run are still in flight when it stops counting, so small negatives are shown as 0. "spans kept at stop": ${STOP_PROBE_REQUESTS} requests one by one, then \`pm2 stop\` at once, before any batch timer fires. The textbook preload sets no diag logger, so its drops are never logged.`,
+  );
+  return notes;
+}
+
+/**
+ * @param {ReturnType<typeof options>} opts
+ * @param {ReturnType<typeof machine>} host
+ * @param {{ name: string }} load
+ * @param {string[]} notes
+ * @param {import('./lib/report').Table[]} tables
+ */
+function markdown(opts, host, load, notes, tables) {
+  return [
+    `# Benchmark: tracing cost of the Koa + PM2 kit${opts.quick ? ' (quick smoke run, not for comparison)' : ''}`,
+    '',
+    `${host.date} · ${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB RAM · ${host.os} · Node ${host.node} · PM2 ${host.pm2} · load average at start ${host.loadAverageAtStart.join(' / ')}`,
+    '',
+    `${opts.rounds} round(s), configs interleaved in rotating order; per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/<n>; ${WORKERS} workers each. Run with \`npm run bench\`.`,
+    '',
+    '![req/s and CPU per request relative to off](latest.svg)',
+    '',
+    ...tables.flatMap((t) => [report.markdownTable(t), '']),
+    '### Notes',
+    '',
+    ...notes.map((n) => `- ${n}`),
+    '',
+    '### Configs',
+    '',
+    ...opts.configs.map((c) => `- **${c.id}**: ${c.title}`),
+    '',
+  ].join('\n');
+}
+
+async function main() {
+  const opts = options();
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'otel', 'register.js'))) throw new Error('dist/ is missing: run `npm run build` (npm run bench does)');
+  cleanupOnSignals();
+  const host = machine();
+  const load = chooseLoadGenerator(opts.loadgen);
+
+  let configs = opts.configs;
+  let python;
+  let pythonNote = 'python: not run (BENCH_CONFIGS).';
+  if (configs.some((c) => c.id === 'python')) {
+    const found = findPython();
+    if ('info' in found) {
+      python = found.info;
+      pythonNote = `python: ${found.info.versions}; uninstrumented: Debian packages no OpenTelemetry for Python and no other index is reachable here, so it is a floor for Python, not a traced peer.`;
+    } else {
+      configs = configs.filter((c) => c.id !== 'python');
+      pythonNote = `python: skipped, ${found.skipped}.`;
+      console.error(`bench: ${pythonNote}`);
+    }
+  }
+
+  const sink = await startSink();
+  onCleanup('sink', () => sink.stop());
+  console.error(`bench: ${opts.rounds} round(s) × ${configs.map((c) => c.id).join(', ')}; ${opts.warmupS} s warm-up + ${opts.durationS} s load each; ${load.name}; sink on ${sink.url}`);
+
+  /** @type {RunResult[]} */
+  const runs = [];
+  /** @type {Map<string, number>} spans per request, learnt in a config's first good round */
+  const expected = new Map();
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const config of orderFor(configs, round)) {
+      const progress = (/** @type {string} */ step) => console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${step}`);
+      const settings = { warmupS: opts.warmupS, durationS: opts.durationS, quietWaitS: opts.quietWaitS, sink, load, python, progress };
+      const result = await runOnce(config, round, settings, expected.get(config.id));
+      if (result.spans.expected !== undefined && !expected.has(config.id)) expected.set(config.id, result.spans.expected);
+      runs.push(result);
+      console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${oneLine(result)}`);
+    }
+  }
+  await cleanupAll();
+
+  const summaries = report.summarize(configs, runs);
+  const tables = [report.summaryTable(summaries, opts.rounds), report.ratioTable(summaries), report.roundsTable(runs)];
+  const notes = notesFor(summaries, { pythonNote, loadName: load.name, runs, envFile: kitEnvFile(), quietWaitS: opts.quietWaitS });
+  const header = `${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB · Node ${host.node} · ${host.date.slice(0, 16).replace('T', ' ')} UTC · ${opts.rounds} round(s) × ${opts.durationS} s`;
+
+  console.log(`\n${header}\n`);
+  console.log(tables.map(report.textTable).join('\n\n'));
+  console.log(`\nNotes:\n${notes.map((n) => `- ${n}`).join('\n')}`);
+
+  const dir = opts.quick ? path.join(__dirname, 'results', 'tmp') : path.join(__dirname, 'results');
+  const base = opts.quick ? 'quick' : 'latest';
+  fs.mkdirSync(dir, { recursive: true });
+  const settings = { rounds: opts.rounds, durationS: opts.durationS, warmupS: opts.warmupS, quietWaitS: opts.quietWaitS, workers: WORKERS, loadGenerator: load.name, python: pythonNote };
+  const json = { machine: host, settings, configs: configs.map(({ id, title }) => ({ id, title })), summaries, runs, notes };
+  fs.writeFileSync(path.join(dir, `${base}.json`), `${JSON.stringify(json, null, 2)}\n`);
+  fs.writeFileSync(path.join(dir, `${base}.md`), markdown({ ...opts, configs }, host, load, notes, tables).replace('(latest.svg)', `(${base}.svg)`));
+  fs.writeFileSync(path.join(dir, `${base}.svg`), report.svgChart(summaries, header));
+  console.log(`\nWritten: ${['json', 'md', 'svg'].map((ext) => path.relative(ROOT, path.join(dir, `${base}.${ext}`))).join(', ')}`);
+  if (runs.some((r) => r.error !== undefined)) process.exitCode = 1;
+}
+
+main()
+  .catch(async (error) => {
+    console.error(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    process.exitCode = 1;
+  })
+  .finally(() => cleanupAll());
