@@ -44,6 +44,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     void handle(req, res);
   });
   server.on('clientError', answerClientError);
+  server.on('connect', answerConnect);
   server.keepAliveTimeout = config.keepAliveTimeoutMs;
   server.requestTimeout = config.requestTimeoutMs;
   // headersTimeout must not exceed requestTimeout (Node rejects the pair otherwise).
@@ -102,7 +103,9 @@ const MAX_HEADER_SIZE = 64 * 1024;
 function isLongRequestLine(packet: Buffer | undefined): boolean {
   if (packet === undefined) return false;
   const lineEnd = packet.indexOf('\r\n');
-  if (lineEnd === -1) return true;
+  // No line end: the middle of a huge target or of a huge header value, which
+  // only the start of a request line (`GET /…`) tells apart.
+  if (lineEnd === -1) return /^[A-Z]+ /.test(packet.subarray(0, 32).toString('latin1'));
   const firstLine = packet.subarray(0, lineEnd).toString('latin1');
   if (!/ HTTP\/\d\.\d$/.test(firstLine)) return false;
   const startsRequest = /^[A-Z]+ /.test(firstLine);
@@ -117,8 +120,18 @@ function answerClientError(error: NodeJS.ErrnoException & { rawPacket?: Buffer }
   let status = 400;
   if (error.code === 'HPE_HEADER_OVERFLOW') status = isLongRequestLine(error.rawPacket) ? 414 : 431;
   else if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') status = 408;
+  answerRaw(socket, status);
+}
+
+/** Node destroys the socket of a CONNECT nobody listens for: answer it like any method the app does not serve. */
+function answerConnect(_req: http.IncomingMessage, socket: Duplex): void {
+  answerRaw(socket, 405, 'method not allowed');
+}
+
+/** Writes a whole JSON error response to a socket that has no ServerResponse, and closes it. */
+function answerRaw(socket: Duplex, status: number, message?: string): void {
   const reason = http.STATUS_CODES[status] ?? 'Bad Request';
-  const body = JSON.stringify({ error: reason, status });
+  const body = JSON.stringify({ error: message ?? reason, status });
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
