@@ -61,6 +61,7 @@ function createExporter(name: string, settings: TelemetrySettings, secrets: read
     maxBatchSize: settings.batch.maxExportBatchSize,
     target: `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`,
     report: (level, message) => writeLine(level, maskSecrets(message, secrets)),
+    renew: () => createOtlpExporter(otlp),
   });
 }
 

@@ -33,6 +33,13 @@ export interface RetryOptions {
   /** Where the exporter sends to, for log lines (never with credentials). */
   readonly target: string;
   readonly report: (level: 'info' | 'warn' | 'error', message: string) => void;
+  /**
+   * Makes a fresh inner exporter, used after each failed export. gRPC's own
+   * reconnect backoff (grpc-js: x1.6 per failed attempt up to 120 s, reset
+   * only by a connection) would otherwise keep an old channel failing fast for
+   * up to two minutes after the collector is back.
+   */
+  readonly renew?: () => SpanExporter;
 }
 
 export interface ExportStats {
@@ -55,6 +62,8 @@ function describe(error: unknown): string {
 
 export class RetryingExporter implements SpanExporter {
   private held: ReadableSpan[] = [];
+  /** How many of the oldest held spans sendHeld is exporting right now. */
+  private inFlight = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private delayMs: number;
   private sending: Promise<void> | undefined;
@@ -62,11 +71,15 @@ export class RetryingExporter implements SpanExporter {
   private outageDelivered = 0;
   private outageDropped = 0;
   private lastDropReport = 0;
+  /** When the last outage was reported, and how many outages since went unreported (a flapping collector). */
+  private lastOutageReport = -Infinity;
+  private outageReported = false;
+  private quietOutages = 0;
   private stopped = false;
   private stats = { delivered: 0, dropped: 0, failures: 0 };
 
   constructor(
-    private readonly inner: SpanExporter,
+    private inner: SpanExporter,
     private readonly options: RetryOptions,
   ) {
     this.delayMs = options.initialDelayMs ?? 500;
@@ -105,13 +118,24 @@ export class RetryingExporter implements SpanExporter {
 
   private startOutage(error: unknown): void {
     this.stats.failures += 1;
+    this.renewInner();
     this.outageStartedAt = Date.now();
     this.outageDelivered = 0;
     this.outageDropped = 0;
-    this.options.report(
-      'warn',
-      `cannot export spans to ${this.options.target}: ${describe(error)}; holding up to ${this.options.maxHeldSpans} spans and retrying`,
-    );
+    // A flapping collector starts an outage every few seconds: report at most
+    // one start per 30 s; the next report counts the ones in between.
+    this.outageReported = this.outageStartedAt - this.lastOutageReport >= 30_000;
+    if (this.outageReported) {
+      this.lastOutageReport = this.outageStartedAt;
+      const since = this.quietOutages > 0 ? ` (${this.quietOutages} brief outages since the last report)` : '';
+      this.quietOutages = 0;
+      this.options.report(
+        'warn',
+        `cannot export spans to ${this.options.target}: ${describe(error)}; holding up to ${this.options.maxHeldSpans} spans and retrying${since}`,
+      );
+    } else {
+      this.quietOutages += 1;
+    }
     this.scheduleRetry();
   }
 
@@ -119,7 +143,10 @@ export class RetryingExporter implements SpanExporter {
     this.held.push(...spans);
     const excess = this.held.length - this.options.maxHeldSpans;
     if (excess > 0) {
-      this.held.splice(0, excess);
+      // The oldest spans not in flight: a batch being sent may yet be delivered,
+      // and would then be counted twice. There are always enough of them, since
+      // a batch is never larger than the hold (readSettings checks it).
+      this.held.splice(this.inFlight, excess);
       this.drop(excess);
       this.outageDropped += excess;
       const now = Date.now();
@@ -128,6 +155,14 @@ export class RetryingExporter implements SpanExporter {
         this.options.report('warn', `collector still unreachable: dropped ${this.outageDropped} spans so far (more than ${this.options.maxHeldSpans} held)`);
       }
     }
+  }
+
+  /** Replaces the inner exporter by a fresh one (a new channel), if we can make one. */
+  private renewInner(): void {
+    if (this.options.renew === undefined || this.stopped) return;
+    const old = this.inner;
+    this.inner = this.options.renew();
+    void old.shutdown().catch(() => undefined);
   }
 
   private drop(count: number): void {
@@ -152,15 +187,21 @@ export class RetryingExporter implements SpanExporter {
     this.sending ??= (async () => {
       while (this.held.length > 0) {
         const batch = this.held.slice(0, this.options.maxBatchSize);
-        const result = await new Promise<ExportResult>((resolve) => this.inner.export(batch, resolve));
+        this.inFlight = batch.length;
+        let result: ExportResult;
+        try {
+          result = await new Promise<ExportResult>((resolve) => this.inner.export(batch, resolve));
+        } finally {
+          this.inFlight = 0;
+        }
         if (result.code !== ExportResultCode.SUCCESS && !isPermanent(result.error)) {
           this.stats.failures += 1;
+          this.renewInner();
           this.scheduleRetry();
           return;
         }
-        // Spans dropped from the front meanwhile shift the batch out: remove by identity.
-        const sent = new Set(batch);
-        this.held = this.held.filter((span) => !sent.has(span));
+        // Still at the front: hold() drops only spans behind the batch in flight.
+        this.held.splice(0, batch.length);
         if (result.code === ExportResultCode.SUCCESS) {
           this.stats.delivered += batch.length;
           this.outageDelivered += batch.length;
@@ -179,10 +220,13 @@ export class RetryingExporter implements SpanExporter {
   private endOutage(): void {
     if (this.outageStartedAt === undefined) return;
     const seconds = ((Date.now() - this.outageStartedAt) / 1000).toFixed(1);
-    this.options.report(
-      'info',
-      `export to ${this.options.target} recovered after ${seconds} s: delivered ${this.outageDelivered} held spans, dropped ${this.outageDropped}`,
-    );
+    // An unreported brief outage ends in silence unless it lost spans.
+    if (this.outageReported || this.outageDropped > 0) {
+      this.options.report(
+        'info',
+        `export to ${this.options.target} recovered after ${seconds} s: delivered ${this.outageDelivered} held spans, dropped ${this.outageDropped}`,
+      );
+    }
     this.outageStartedAt = undefined;
     this.delayMs = this.options.initialDelayMs ?? 500;
     this.lastDropReport = 0;
