@@ -92,6 +92,10 @@ module.exports = {
 
         OTEL_SERVICE_NAME: env.OTEL_SERVICE_NAME || APP_NAME,
         OTEL_RESOURCE_ATTRIBUTES: env.OTEL_RESOURCE_ATTRIBUTES || `service.version=${version}`,
+        // Spans a worker holds through a collector outage (and its batch queue):
+        // ~30 s at 270 req/s a worker, a few MB at most; beyond, the oldest are
+        // dropped, counted and reported.
+        OTEL_BSP_MAX_QUEUE_SIZE: env.OTEL_BSP_MAX_QUEUE_SIZE || '8192',
         ...pick([
           'OTEL_SDK_DISABLED',
           'OTEL_TRACES_EXPORTER',
@@ -111,7 +115,6 @@ module.exports = {
           'OTEL_NODE_DISABLED_INSTRUMENTATIONS',
           'OTEL_NODE_EXCLUDED_URLS',
           'OTEL_BSP_SCHEDULE_DELAY',
-          'OTEL_BSP_MAX_QUEUE_SIZE',
           'OTEL_BSP_MAX_EXPORT_BATCH_SIZE',
           'OTEL_BSP_EXPORT_TIMEOUT',
           'OTEL_LOG_LEVEL',
