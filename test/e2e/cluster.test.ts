@@ -6,7 +6,7 @@
  */
 import os from 'node:os';
 import { startReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlpReceiver';
-import { freePort, startPm2, type Pm2 } from '../helpers/pm2';
+import { startApp, startPm2, type Pm2 } from '../helpers/pm2';
 import { get, startLoad } from '../helpers/load';
 
 jest.setTimeout(120_000);
@@ -46,19 +46,11 @@ async function hit(count: number, from: number): Promise<void> {
 beforeAll(async () => {
   receiver = await startReceiver();
   pm2 = await startPm2({ daemonEnv: STALE_DAEMON_ENV, cwd: os.tmpdir() });
-  port = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: {
-      APP_NAME: APP,
-      WEB_CONCURRENCY: '2',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-      OTEL_SERVICE_NAME: SERVICE,
-      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
-      OTEL_BSP_SCHEDULE_DELAY: '200',
-    },
+  port = await startApp(pm2, APP, {
+    OTEL_SERVICE_NAME: SERVICE,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+    OTEL_BSP_SCHEDULE_DELAY: '200',
   });
-  await pm2.waitOnline(APP, 2);
 });
 
 afterAll(async () => {
@@ -141,20 +133,12 @@ test('pm2 reload under steady load fails no request and loses no span', async ()
 
 test('pm2 stop right after traffic loses no span, even with a long batch delay', async () => {
   const app = 'e2e-stop';
-  const stopPort = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: {
-      APP_NAME: app,
-      WEB_CONCURRENCY: '2',
-      HOST: '127.0.0.1',
-      PORT: String(stopPort),
-      OTEL_SERVICE_NAME: 'e2e-stop',
-      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
-      // Nothing is exported on the timer within the test: only the shutdown flush delivers.
-      OTEL_BSP_SCHEDULE_DELAY: '60000',
-    },
+  const stopPort = await startApp(pm2, app, {
+    OTEL_SERVICE_NAME: 'e2e-stop',
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+    // Nothing is exported on the timer within the test: only the shutdown flush delivers.
+    OTEL_BSP_SCHEDULE_DELAY: '60000',
   });
-  await pm2.waitOnline(app, 2);
   for (let i = 0; i < 30; i += 1) expect((await get(stopPort, `/items/${i}`)).status).toBe(200);
   expect(receiver.spans.filter((s) => s.resource['service.name'] === 'e2e-stop')).toHaveLength(0);
   await pm2.run(['stop', app]);
@@ -165,11 +149,7 @@ test('pm2 stop right after traffic loses no span, even with a long batch delay',
 
 test('console export is visible through pm2 logs when no endpoint is set', async () => {
   const app = 'e2e-console';
-  const consolePort = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: { APP_NAME: app, WEB_CONCURRENCY: '1', HOST: '127.0.0.1', PORT: String(consolePort), OTEL_BSP_SCHEDULE_DELAY: '100' },
-  });
-  await pm2.waitOnline(app, 1);
+  const consolePort = await startApp(pm2, app, { OTEL_BSP_SCHEDULE_DELAY: '100' }, 1);
   expect((await get(consolePort, '/items/31337')).status).toBe(200);
   let logs = '';
   for (let i = 0; i < 50 && !logs.includes('/items/31337'); i += 1) {
@@ -186,21 +166,18 @@ test('console export is visible through pm2 logs when no endpoint is set', async
 test('http/protobuf delivers the decoded auth header, which no log shows', async () => {
   const app = 'e2e-http';
   const secret = 'dXNlcjpzM2NyZXQtZTJl';
-  const httpPort = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: {
-      APP_NAME: app,
-      WEB_CONCURRENCY: '1',
-      HOST: '127.0.0.1',
-      PORT: String(httpPort),
+  const httpPort = await startApp(
+    pm2,
+    app,
+    {
       OTEL_SERVICE_NAME: 'e2e-http',
       OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.httpUrl,
       OTEL_EXPORTER_OTLP_HEADERS: `Authorization=Basic%20${secret}`,
       OTEL_BSP_SCHEDULE_DELAY: '100',
     },
-  });
-  await pm2.waitOnline(app, 1);
+    1,
+  );
   expect((await get(httpPort, '/items/12')).status).toBe(200);
   await receiver.waitFor((all) => all.some((s) => s.resource['service.name'] === 'e2e-http' && s.kind === 2), 15_000);
   const request = receiver.requests.find((r) => r.transport === 'http');

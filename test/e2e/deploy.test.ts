@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlpReceiver';
-import { freePort, startPm2, type Pm2 } from '../helpers/pm2';
+import { startApp, startPm2, type Pm2 } from '../helpers/pm2';
 import { get, startLoad, type LoadResult } from '../helpers/load';
 
 jest.setTimeout(180_000);
@@ -21,19 +21,11 @@ let port: number;
 beforeAll(async () => {
   receiver = await startReceiver();
   pm2 = await startPm2();
-  port = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: {
-      APP_NAME: APP,
-      WEB_CONCURRENCY: '2',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-      OTEL_SERVICE_NAME: APP,
-      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
-      OTEL_BSP_SCHEDULE_DELAY: '500',
-    },
+  port = await startApp(pm2, APP, {
+    OTEL_SERVICE_NAME: APP,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+    OTEL_BSP_SCHEDULE_DELAY: '500',
   });
-  await pm2.waitOnline(APP, 2);
 });
 
 afterAll(async () => {
@@ -95,22 +87,19 @@ test('an auth header kept in an env file reaches the collector but not PM2\'s li
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kit-env-'));
   const envFile = path.join(dir, 'otel.env');
   fs.writeFileSync(envFile, `OTEL_EXPORTER_OTLP_HEADERS=Authorization=Basic%20${secret}\n`, { mode: 0o600 });
-  const appPort = await freePort();
   try {
-    await pm2.run(['start', 'ecosystem.config.js'], {
-      env: {
-        APP_NAME: app,
-        WEB_CONCURRENCY: '1',
-        HOST: '127.0.0.1',
-        PORT: String(appPort),
+    const appPort = await startApp(
+      pm2,
+      app,
+      {
         ENV_FILE: envFile,
         OTEL_SERVICE_NAME: app,
         OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
         OTEL_EXPORTER_OTLP_ENDPOINT: receiver.httpUrl,
         OTEL_BSP_SCHEDULE_DELAY: '100',
       },
-    });
-    await pm2.waitOnline(app, 1);
+      1,
+    );
     expect((await get(appPort, '/items/5')).status).toBe(200);
     await receiver.waitFor((spans) => spans.some((s) => s.resource['service.name'] === app), 15_000);
     const request = receiver.requests.find((r) => r.transport === 'http');

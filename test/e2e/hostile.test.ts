@@ -11,7 +11,7 @@
  */
 import fc from 'fast-check';
 import { startReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlpReceiver';
-import { freePort, startPm2, type Pm2, type Pm2ProcessInfo } from '../helpers/pm2';
+import { startApp, startPm2, type Pm2, type Pm2ProcessInfo } from '../helpers/pm2';
 import { get } from '../helpers/load';
 import { rawRequest, stalledRequest, type RawResponse } from '../helpers/rawHttp';
 
@@ -35,21 +35,14 @@ async function workers(): Promise<Pm2ProcessInfo[]> {
 beforeAll(async () => {
   receiver = await startReceiver();
   pm2 = await startPm2();
-  port = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: {
-      APP_NAME: APP,
-      WEB_CONCURRENCY: '2',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-      OTEL_SERVICE_NAME: SERVICE,
-      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
-      OTEL_BSP_SCHEDULE_DELAY: '200',
-      // Explicitly off, whatever the runner's environment says: PM2 passes it on.
-      ENABLE_TEST_ROUTES: 'false',
-    },
+  port = await startApp(pm2, APP, {
+    OTEL_SERVICE_NAME: SERVICE,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+    OTEL_BSP_SCHEDULE_DELAY: '200',
+    // Explicitly off, whatever the runner's environment says: PM2 passes it on.
+    ENABLE_TEST_ROUTES: 'false',
   });
-  workersBefore = await pm2.waitOnline(APP, 2);
+  workersBefore = await workers();
 });
 
 afterAll(async () => {

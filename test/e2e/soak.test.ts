@@ -4,7 +4,7 @@
  * delivered. SOAK_SECONDS sets the length (default 120).
  */
 import { startReceiver, type OtlpReceiver } from '../helpers/otlpReceiver';
-import { freePort, startPm2, type Pm2 } from '../helpers/pm2';
+import { startApp, startPm2, type Pm2 } from '../helpers/pm2';
 import { get, startLoad } from '../helpers/load';
 
 const SOAK_SECONDS = Number(process.env.SOAK_SECONDS ?? 120);
@@ -27,19 +27,11 @@ let port: number;
 beforeAll(async () => {
   receiver = await startReceiver();
   pm2 = await startPm2();
-  port = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: {
-      APP_NAME: APP,
-      WEB_CONCURRENCY: '2',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-      ENABLE_TEST_ROUTES: 'true',
-      OTEL_SERVICE_NAME: APP,
-      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
-    },
+  port = await startApp(pm2, APP, {
+    ENABLE_TEST_ROUTES: 'true',
+    OTEL_SERVICE_NAME: APP,
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
   });
-  await pm2.waitOnline(APP, 2);
 });
 
 afterAll(async () => {

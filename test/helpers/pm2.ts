@@ -139,3 +139,16 @@ export async function freePort(): Promise<number> {
     });
   });
 }
+
+/**
+ * Starts the kit's ecosystem file as app `name` on a free port of 127.0.0.1,
+ * with `env` on top, and waits until its workers are online.
+ */
+export async function startApp(pm2: Pm2, name: string, env: Record<string, string> = {}, instances = 2): Promise<number> {
+  const port = await freePort();
+  await pm2.run(['start', 'ecosystem.config.js'], {
+    env: { APP_NAME: name, WEB_CONCURRENCY: String(instances), HOST: '127.0.0.1', PORT: String(port), ...env },
+  });
+  await pm2.waitOnline(name, instances);
+  return port;
+}
