@@ -22,6 +22,7 @@ import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { maskSecrets, RateLimitedDiagLogger, writeLine } from './diagLogger';
 import { loadInstrumentations, loadResourceDetectors } from './instrumentations';
 import { adoptPm2Env, type Pm2Process } from './pm2Env';
+import type { RetryingExporter } from './retryingExporter';
 import { readSettings, secretsIn, TelemetryConfigError, type TelemetrySettings } from './settings';
 
 /** Shared with `src/telemetry.ts`, which describes the contract. */
@@ -47,6 +48,9 @@ function withTimeout(work: Promise<unknown>, ms: number): Promise<void> {
   });
 }
 
+/** The OTLP exporters' outage wrappers, whose counts the hook reports. */
+const retryingExporters: RetryingExporter[] = [];
+
 function createExporter(name: string, settings: TelemetrySettings, secrets: readonly string[]): SpanExporter {
   if (name === 'console') {
     const { JsonLineSpanExporter } = require('./consoleExporter') as typeof import('./consoleExporter');
@@ -54,15 +58,18 @@ function createExporter(name: string, settings: TelemetrySettings, secrets: read
   }
   const otlp = settings.otlp;
   if (otlp === undefined) throw new Error('OTLP settings missing');
+  // Required here, not at the top: with telemetry disabled nothing of the SDK may load.
   const { RetryingExporter } = require('./retryingExporter') as typeof import('./retryingExporter');
   const url = new URL(otlp.url);
-  return new RetryingExporter(createOtlpExporter(otlp), {
+  const exporter = new RetryingExporter(createOtlpExporter(otlp), {
     maxHeldSpans: settings.batch.maxQueueSize,
     maxBatchSize: settings.batch.maxExportBatchSize,
     target: `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`,
     report: (level, message) => writeLine(level, maskSecrets(message, secrets)),
     renew: () => createOtlpExporter(otlp),
   });
+  retryingExporters.push(exporter);
+  return exporter;
 }
 
 function createOtlpExporter(otlp: NonNullable<TelemetrySettings['otlp']>): SpanExporter {
@@ -148,13 +155,11 @@ function start(): void {
 
   let stopping: Promise<void> | undefined;
   const hook = {
-    flush: (ms: number) => withTimeout(Promise.all(spanProcessors.map((processor) => processor.forceFlush())), ms),
     shutdown: (ms: number) => (stopping ??= withTimeout(sdk.shutdown(), ms)),
     stats: () => {
       const totals = { delivered: 0, dropped: 0, held: 0 };
-      for (const exporter of exporters) {
-        if (!('getStats' in exporter) || typeof exporter.getStats !== 'function') continue;
-        const stats = (exporter as { getStats(): typeof totals }).getStats();
+      for (const exporter of retryingExporters) {
+        const stats = exporter.getStats();
         totals.delivered += stats.delivered;
         totals.dropped += stats.dropped;
         totals.held += stats.held;

@@ -13,8 +13,6 @@ import type { Context, Next } from 'koa';
 
 /** What the preload publishes on `globalThis` under {@link TELEMETRY_HOOK}. */
 export interface TelemetryHook {
-  /** Exports every span ended so far; resolves when done or after timeoutMs. */
-  flush(timeoutMs: number): Promise<void>;
   /** Flushes, then shuts the SDK down; later spans are dropped. */
   shutdown(timeoutMs: number): Promise<void>;
   /** Spans delivered, dropped and held (during a collector outage) by the OTLP exporters so far. */
