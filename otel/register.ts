@@ -20,6 +20,7 @@
 import module from 'node:module';
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { maskSecrets, RateLimitedDiagLogger, writeLine } from './diagLogger';
+import { PooledRandomIdGenerator } from './idGenerator';
 import { loadInstrumentations, loadResourceDetectors } from './instrumentations';
 import { adoptPm2Env, type Pm2Process } from './pm2Env';
 import type { RetryingExporter } from './retryingExporter';
@@ -143,6 +144,7 @@ function start(): void {
       resourceDetectors: loadResourceDetectors(settings.resourceDetectors),
       instrumentations,
       spanProcessors,
+      idGenerator: new PooledRandomIdGenerator(),
       // Traces only: metrics and logs stay off until the kit exports them, so
       // nothing retries against a collector that is not there.
       metricReaders: [],

@@ -119,6 +119,10 @@ describe('exporting', () => {
     // Each downstream request's parent is the client span that sent it.
     const parents = downstream.map((d) => d.traceparent?.split('-')[2]);
     expect(new Set(parents)).toEqual(new Set(clients.map((s) => s.spanId)));
+    // ...and each client span's parent is the server span of the request that made the calls.
+    const upstream = receiver.spans.filter((s) => s.kind === 2 && s.parentSpanId === 'b7ad6b7169203331');
+    expect(upstream).toHaveLength(1);
+    expect(clients.map((s) => s.parentSpanId)).toEqual([upstream[0]?.spanId, upstream[0]?.spanId]);
   });
 });
 
