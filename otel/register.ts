@@ -76,20 +76,8 @@ function createExporter(name: string, settings: TelemetrySettings, secrets: read
 function createOtlpExporter(otlp: NonNullable<TelemetrySettings['otlp']>): SpanExporter {
   // Headers, compression and timeout are read by the exporters from the
   // standard variables, which readSettings has already checked.
-  switch (otlp.protocol) {
-    case 'grpc': {
-      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-grpc') as typeof import('@opentelemetry/exporter-trace-otlp-grpc');
-      return new OTLPTraceExporter({ url: otlp.url });
-    }
-    case 'http/protobuf': {
-      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-proto') as typeof import('@opentelemetry/exporter-trace-otlp-proto');
-      return new OTLPTraceExporter({ url: otlp.url });
-    }
-    default: {
-      const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-http') as typeof import('@opentelemetry/exporter-trace-otlp-http');
-      return new OTLPTraceExporter({ url: otlp.url });
-    }
-  }
+  const { createOtlpTraceExporter } = require('./otlpTraceExporter') as typeof import('./otlpTraceExporter');
+  return createOtlpTraceExporter(otlp.protocol, otlp.url);
 }
 
 function pm2Attributes(pm2: Pm2Process | undefined): Record<string, string | number> {

@@ -1,0 +1,540 @@
+/**
+ * OTLP/protobuf encoding of a batch of spans in one pass, instead of the
+ * exporters' `ProtobufTraceSerializer` (`@opentelemetry/otlp-transformer`).
+ *
+ * Why (measured on this kit, a batch of 512 server spans with the 12 usual
+ * HTTP attributes): the library takes ~6 µs a span, this ~1.5 µs. The
+ * library walks every span twice, once with a size estimator and once with
+ * the writer, turns each trace, span and parent id into a fresh `Uint8Array`
+ * before copying it, and allocates a new output buffer for every export.
+ * Here:
+ *
+ * - spans are written once, into a scratch buffer kept between exports (it
+ *   doubles when too small; one grown past {@link RETAINED_BYTES} by an
+ *   unusually large batch is let go after that export); the caller gets an
+ *   exact-length copy, which stays valid while later exports run;
+ * - hex ids are decoded straight into the buffer;
+ * - a nested message reserves room for its length (1 byte; 2 for a span, or
+ *   what a long string attribute needs) and moves its content with
+ *   `copyWithin` only when the length takes another number of bytes.
+ *   Resource and scope groups reserve 5 bytes; the unused ones are skipped
+ *   when the copy is made, so the bulk of the batch never moves;
+ * - short ASCII strings are written by a `charCodeAt` loop; longer or
+ *   non-ASCII ones by Buffer's UTF-8 encoder, one native call.
+ *
+ * The output is byte for byte the library's, quirks included (dropped counts
+ * and status always written, ids decoded by the library's lenient hex rules,
+ * spans grouped by resource and scope object identity in first-seen order);
+ * `test/otel/traceSerializer.test.ts` compares the two on real and on
+ * generated spans. Responses are parsed by the library.
+ */
+import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
+import type { IExportTraceServiceResponse } from '@opentelemetry/otlp-transformer';
+import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
+
+export interface TraceSerializer {
+  serializeRequest(spans: ReadableSpan[]): Uint8Array;
+  deserializeResponse(data: Uint8Array): IExportTraceServiceResponse;
+}
+
+type Resource = ReadableSpan['resource'];
+/** The scope as the library reads it: the SDK type plus the OTLP fields it may carry. */
+type Scope = ReadableSpan['instrumentationScope'] & { readonly attributes?: Attributes; readonly droppedAttributesCount?: number };
+
+const INITIAL_BYTES = 64 * 1024;
+const RETAINED_BYTES = 8 * 1024 * 1024;
+/** Room reserved for the length of a resource or scope group; the unused bytes are skipped in the copy. */
+const GROUP_LENGTH_BYTES = 5;
+/** From this length on, a string costs less through Buffer's encoder (one call, ~45 ns) than by a `charCodeAt` loop (~2 ns a character). */
+const SHORT_STRING = 32;
+/** Key and string value of more characters than this make a KeyValue that may need a 2-byte length. */
+const LONG_ATTRIBUTE = 100;
+const MIN_64_BIT_INT = -(2 ** 63);
+const MAX_64_BIT_INT = 2 ** 63;
+/** OTLP span flags: the W3C trace flags, plus "has is_remote" and "is_remote" bits. */
+const FLAGS_HAS_IS_REMOTE = 0x100;
+const FLAGS_IS_REMOTE = 0x200;
+
+let buf = Buffer.allocUnsafeSlow(INITIAL_BYTES);
+let view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+let pos = 0;
+/** Pairs (position, unused bytes) of the group length reservations, in buffer order. */
+const gaps: number[] = [];
+/** Unused bytes of the groups finished so far. */
+let skipped = 0;
+
+function ensure(bytes: number): void {
+  if (pos + bytes > buf.length) grow(pos + bytes);
+}
+
+function grow(needed: number): void {
+  let size = buf.length * 2;
+  while (size < needed) size *= 2;
+  const next = Buffer.allocUnsafeSlow(size);
+  buf.copy(next, 0, 0, pos);
+  buf = next;
+  view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+/** The library's `writeVarint`: 64-bit two's complement for negatives, whatever a non-number coerces to. */
+function writeVarint(value: number): void {
+  ensure(10);
+  if (value >= 0 && value <= 0xffffffff) {
+    let v = value >>> 0;
+    while (v > 127) {
+      buf[pos++] = (v & 127) | 128;
+      v >>>= 7;
+    }
+    buf[pos++] = v;
+    return;
+  }
+  let low: number;
+  let high: number;
+  if (value >= 0) {
+    low = value >>> 0;
+    high = (value / 4294967296) >>> 0;
+  } else {
+    const abs = Math.abs(value);
+    low = ~(abs >>> 0) >>> 0;
+    high = ~((abs / 4294967296) >>> 0) >>> 0;
+    low = (low + 1) >>> 0;
+    if (low === 0) high = (high + 1) >>> 0;
+  }
+  while (high > 0 || low > 127) {
+    buf[pos++] = (low & 127) | 128;
+    low = ((low >>> 7) | (high << 25)) >>> 0;
+    high >>>= 7;
+  }
+  buf[pos++] = low & 127;
+}
+
+function varintSize(length: number): number {
+  return length < 128 ? 1 : length < 16384 ? 2 : length < 2097152 ? 3 : length < 268435456 ? 4 : 5;
+}
+
+/** Writes the length of the message whose content starts `reserved` bytes after `start`, moving the content if needed. */
+function finishMessage(start: number, reserved: number): void {
+  let length = pos - start - reserved;
+  if (length < 128 && reserved === 1) {
+    buf[start] = length;
+    return;
+  }
+  const size = varintSize(length);
+  if (size !== reserved) {
+    if (size > reserved) ensure(size - reserved);
+    buf.copyWithin(start + size, start + reserved, pos);
+    pos += size - reserved;
+  }
+  let p = start;
+  while (length > 127) {
+    buf[p++] = (length & 127) | 128;
+    length >>>= 7;
+  }
+  buf[p] = length;
+}
+
+/** Starts a resource or scope group: its length goes at the end of a 5-byte reservation. */
+function startGroup(): number {
+  ensure(GROUP_LENGTH_BYTES);
+  // The second slot holds the bytes skipped so far until the group ends, then the group's own unused bytes.
+  gaps.push(pos, skipped);
+  pos += GROUP_LENGTH_BYTES;
+  return gaps.length - 2;
+}
+
+function finishGroup(gap: number): void {
+  const start = gaps[gap] as number;
+  // Inner groups' unused bytes are not part of the message.
+  let length = pos - start - GROUP_LENGTH_BYTES - (skipped - (gaps[gap + 1] as number));
+  const unused = GROUP_LENGTH_BYTES - varintSize(length);
+  gaps[gap + 1] = unused;
+  skipped += unused;
+  let p = start + unused;
+  while (length > 127) {
+    buf[p++] = (length & 127) | 128;
+    length >>>= 7;
+  }
+  buf[p] = length;
+}
+
+function writeString(str: string): void {
+  const length = str.length;
+  if (length >= SHORT_STRING) {
+    writeLongString(str, length);
+    return;
+  }
+  ensure(SHORT_STRING);
+  const out = buf;
+  const start = pos + 1;
+  // As the library: a non-string without `length` is written as an empty string (`undefined` stores 0).
+  out[pos] = length;
+  let i = 0;
+  for (; i < length; i++) {
+    const code = str.charCodeAt(i);
+    if (code > 127) {
+      writeLongString(str, length);
+      return;
+    }
+    out[start + i] = code;
+  }
+  pos = start + i;
+}
+
+/** Through Buffer's UTF-8 encoder, after room for the length as if the string were ASCII: moved when it is not. */
+function writeLongString(str: string, length: number): void {
+  // At most 3 bytes of UTF-8 for each UTF-16 unit, lone surrogates (U+FFFD, as TextEncoder) included.
+  ensure(3 * length + 5);
+  const start = pos;
+  const reserved = varintSize(length);
+  let bytes = buf.write(str, start + reserved, 'utf8');
+  const size = varintSize(bytes);
+  if (size !== reserved) buf.copyWithin(start + size, start + reserved, start + reserved + bytes);
+  pos = start + size + bytes;
+  let p = start;
+  while (bytes > 127) {
+    buf[p++] = (bytes & 127) | 128;
+    bytes >>>= 7;
+  }
+  buf[p] = bytes;
+}
+
+/** `hexToBinary`'s value of each ASCII character: 0-9, a-f, and `code - 55` for any other (right for A-F). */
+const HEX_VALUES = Int8Array.from({ length: 128 }, (_, code) => (code >= 48 && code <= 57 ? code - 48 : code >= 97 && code <= 102 ? code - 87 : code - 55));
+
+function hexDigit(code: number): number {
+  return code < 128 ? (HEX_VALUES[code] as number) : code - 55;
+}
+
+/** A tagged bytes field from a hex id, as `hexToBinary`: an odd last character is ignored, bytes wrap modulo 256. */
+function writeId(tag: number, hex: string): void {
+  const length = hex.length;
+  const bytes = length >>> 1;
+  ensure(bytes + 6);
+  buf[pos++] = tag;
+  if (bytes < 128) buf[pos++] = bytes;
+  else writeVarint(bytes);
+  const out = buf;
+  let p = pos;
+  for (let i = 0; i < length - 1; i += 2) {
+    out[p++] = (hexDigit(hex.charCodeAt(i)) << 4) | hexDigit(hex.charCodeAt(i + 1));
+  }
+  pos = p;
+}
+
+/** The library's `writeHrTimeAsFixed64`, rounding and all. */
+function writeHrTime(tag: number, hrTime: HrTime): void {
+  const seconds = hrTime[0];
+  const nanos = hrTime[1];
+  const nanosFromLower16Bits = (seconds & 65535) * 1e9;
+  const nanosFromUpperBits = ((seconds / 65536) >>> 0) * 1e9;
+  const low32WithCarry = (nanosFromLower16Bits >>> 0) + (((nanosFromUpperBits & 65535) * 65536) >>> 0) + nanos;
+  const low = low32WithCarry >>> 0;
+  const high = (Math.floor(nanosFromLower16Bits / 4294967296) + ((nanosFromUpperBits / 65536) >>> 0) + Math.floor(low32WithCarry / 4294967296)) >>> 0;
+  ensure(9);
+  buf[pos++] = tag;
+  buf[pos++] = low & 255;
+  buf[pos++] = (low >>> 8) & 255;
+  buf[pos++] = (low >>> 16) & 255;
+  buf[pos++] = low >>> 24;
+  buf[pos++] = high & 255;
+  buf[pos++] = (high >>> 8) & 255;
+  buf[pos++] = (high >>> 16) & 255;
+  buf[pos++] = high >>> 24;
+}
+
+function writeFlags(tag: number, traceFlags: number, isRemote: boolean | undefined): void {
+  const flags = (traceFlags & 255) | FLAGS_HAS_IS_REMOTE | (isRemote ? FLAGS_IS_REMOTE : 0);
+  ensure(6);
+  if (tag > 127) {
+    buf[pos++] = (tag & 127) | 128;
+    buf[pos++] = tag >>> 7;
+  } else {
+    buf[pos++] = tag;
+  }
+  buf[pos++] = flags & 255;
+  buf[pos++] = flags >>> 8;
+  buf[pos++] = 0;
+  buf[pos++] = 0;
+}
+
+/** A tag and a varint, for the counts the library always writes (`undefined` and `NaN` become 0). */
+function writeCount(tag: number, value: number): void {
+  ensure(1);
+  buf[pos++] = tag;
+  writeVarint(value);
+}
+
+/** Repeated KeyValue under field `tag`: own enumerable keys in `for...in` order, `undefined` values included. */
+function writeAttributes(attributes: Attributes, tag: number): void {
+  for (const key in attributes) {
+    if (!Object.prototype.hasOwnProperty.call(attributes, key)) continue;
+    const value = attributes[key];
+    let keyValueBytes = 1;
+    let anyValueBytes = 1;
+    if (typeof value === 'string' && key.length + value.length > LONG_ATTRIBUTE) {
+      // Room for the lengths as they are if the strings are ASCII: a user agent or a URL is not moved twice.
+      const anyValueLength = 1 + varintSize(value.length) + value.length;
+      anyValueBytes = varintSize(anyValueLength);
+      keyValueBytes = varintSize(2 + varintSize(key.length) + key.length + anyValueBytes + anyValueLength);
+    }
+    ensure(7);
+    buf[pos++] = tag;
+    const keyValue = pos;
+    pos += keyValueBytes;
+    buf[pos++] = 0x0a;
+    writeString(key);
+    ensure(6);
+    buf[pos++] = 0x12;
+    const anyValue = pos;
+    pos += anyValueBytes;
+    writeAnyValue(value);
+    finishMessage(anyValue, anyValueBytes);
+    finishMessage(keyValue, keyValueBytes);
+  }
+}
+
+/** AnyValue content; values the library does not know (null, undefined, bigint, symbol, function) leave it empty. */
+function writeAnyValue(value: unknown): void {
+  const type = typeof value;
+  if (type === 'string') {
+    ensure(1);
+    buf[pos++] = 0x0a;
+    writeString(value as string);
+  } else if (type === 'boolean') {
+    ensure(2);
+    buf[pos++] = 0x10;
+    buf[pos++] = value ? 1 : 0;
+  } else if (type === 'number') {
+    const number = value as number;
+    if (Number.isInteger(number) && number >= MIN_64_BIT_INT && number < MAX_64_BIT_INT) {
+      ensure(1);
+      buf[pos++] = 0x18;
+      writeVarint(number);
+    } else {
+      ensure(9);
+      buf[pos++] = 0x21;
+      view.setFloat64(pos, number, true);
+      pos += 8;
+    }
+  } else if (value instanceof Uint8Array) {
+    ensure(1);
+    buf[pos++] = 0x3a;
+    writeVarint(value.length);
+    ensure(value.length);
+    buf.set(value, pos);
+    pos += value.length;
+  } else if (Array.isArray(value)) {
+    ensure(2);
+    buf[pos++] = 0x2a;
+    const array = pos++;
+    for (const item of value) {
+      ensure(2);
+      buf[pos++] = 0x0a;
+      const element = pos++;
+      writeAnyValue(item);
+      finishMessage(element, 1);
+    }
+    finishMessage(array, 1);
+  } else if (type === 'object' && value != null) {
+    ensure(2);
+    buf[pos++] = 0x32;
+    const list = pos++;
+    writeAttributes(value as Attributes, 0x0a);
+    finishMessage(list, 1);
+  }
+}
+
+function writeTraceState(tag: number, context: SpanContext): void {
+  const traceState = context.traceState?.serialize();
+  if (traceState) {
+    ensure(1);
+    buf[pos++] = tag;
+    writeString(traceState);
+  }
+}
+
+function writeEvent(event: TimedEvent): void {
+  ensure(2);
+  buf[pos++] = 0x5a;
+  const start = pos++;
+  writeHrTime(0x09, event.time);
+  ensure(1);
+  buf[pos++] = 0x12;
+  writeString(event.name);
+  if (event.attributes) writeAttributes(event.attributes, 0x1a);
+  writeCount(0x20, event.droppedAttributesCount || 0);
+  finishMessage(start, 1);
+}
+
+function writeLink(link: Link): void {
+  ensure(2);
+  buf[pos++] = 0x6a;
+  const start = pos++;
+  const context = link.context;
+  writeId(0x0a, context.traceId);
+  writeId(0x12, context.spanId);
+  writeTraceState(0x1a, context);
+  if (link.attributes) writeAttributes(link.attributes, 0x22);
+  writeCount(0x28, link.droppedAttributesCount || 0);
+  writeFlags(0x35, context.traceFlags, context.isRemote);
+  finishMessage(start, 1);
+}
+
+function writeStatus(status: SpanStatus): void {
+  ensure(2);
+  buf[pos++] = 0x7a;
+  const start = pos++;
+  if (status.message) {
+    ensure(1);
+    buf[pos++] = 0x12;
+    writeString(status.message);
+  }
+  writeCount(0x18, status.code);
+  finishMessage(start, 1);
+}
+
+function writeSpan(span: ReadableSpan): void {
+  ensure(3);
+  buf[pos++] = 0x12;
+  const start = pos;
+  pos += 2;
+  const context = span.spanContext();
+  writeId(0x0a, context.traceId);
+  writeId(0x12, context.spanId);
+  writeTraceState(0x1a, context);
+  const parent = span.parentSpanContext;
+  if (parent?.spanId) writeId(0x22, parent.spanId);
+  ensure(1);
+  buf[pos++] = 0x2a;
+  writeString(span.name);
+  const kind = span.kind == null ? 0 : span.kind + 1;
+  if (kind !== 0) writeCount(0x30, kind);
+  writeHrTime(0x39, span.startTime);
+  writeHrTime(0x41, span.endTime);
+  if (span.attributes) writeAttributes(span.attributes, 0x4a);
+  writeCount(0x50, span.droppedAttributesCount);
+  for (const event of span.events) writeEvent(event);
+  writeCount(0x60, span.droppedEventsCount);
+  for (const link of span.links) writeLink(link);
+  writeCount(0x70, span.droppedLinksCount);
+  writeStatus(span.status);
+  writeFlags(0x85, context.traceFlags, parent?.isRemote);
+  finishMessage(start, 2);
+}
+
+function writeScopeSpans(scope: Scope, spans: ReadableSpan[]): void {
+  ensure(1);
+  buf[pos++] = 0x12;
+  const group = startGroup();
+  ensure(3);
+  buf[pos++] = 0x0a;
+  const start = pos++;
+  buf[pos++] = 0x0a;
+  writeString(scope.name);
+  if (scope.version) {
+    ensure(1);
+    buf[pos++] = 0x12;
+    writeString(scope.version);
+  }
+  if (scope.attributes) writeAttributes(scope.attributes, 0x1a);
+  if (scope.droppedAttributesCount) writeCount(0x20, scope.droppedAttributesCount);
+  finishMessage(start, 1);
+  for (const span of spans) writeSpan(span);
+  if (scope.schemaUrl) {
+    ensure(1);
+    buf[pos++] = 0x1a;
+    writeString(scope.schemaUrl);
+  }
+  finishGroup(group);
+}
+
+function writeResourceSpans(resource: Resource, scopes: Map<Scope, ReadableSpan[]>): void {
+  ensure(1);
+  buf[pos++] = 0x0a;
+  const group = startGroup();
+  ensure(2);
+  buf[pos++] = 0x0a;
+  const start = pos++;
+  const attributes = resource.attributes;
+  if (attributes) writeAttributes(attributes, 0x0a);
+  ensure(2);
+  buf[pos++] = 0x10;
+  buf[pos++] = 0;
+  finishMessage(start, 1);
+  for (const spans of scopes.values()) writeScopeSpans((spans[0] as ReadableSpan).instrumentationScope, spans);
+  if (resource.schemaUrl) {
+    ensure(1);
+    buf[pos++] = 0x1a;
+    writeString(resource.schemaUrl);
+  }
+  finishGroup(group);
+}
+
+/** Spans by resource, then by scope, both by object identity and in first-seen order (the library's grouping). */
+function groupSpans(spans: ReadableSpan[]): Map<Resource, Map<Scope, ReadableSpan[]>> {
+  const resources = new Map<Resource, Map<Scope, ReadableSpan[]>>();
+  let lastResource: Resource | undefined;
+  let lastScope: Scope | undefined;
+  let lastSpans: ReadableSpan[] | undefined;
+  for (const span of spans) {
+    const resource = span.resource;
+    const scope = span.instrumentationScope;
+    if (lastSpans !== undefined && resource === lastResource && scope === lastScope) {
+      lastSpans.push(span);
+      continue;
+    }
+    let scopes = resources.get(resource);
+    if (scopes === undefined) {
+      scopes = new Map();
+      resources.set(resource, scopes);
+    }
+    lastSpans = scopes.get(scope);
+    if (lastSpans === undefined) {
+      lastSpans = [];
+      scopes.set(scope, lastSpans);
+    }
+    lastSpans.push(span);
+    lastResource = resource;
+    lastScope = scope;
+  }
+  return resources;
+}
+
+/** The written bytes in a buffer of their own, without the unused group length bytes. */
+function copyOut(): Buffer {
+  const out = Buffer.allocUnsafeSlow(pos - skipped);
+  let from = 0;
+  let to = 0;
+  for (let i = 0; i < gaps.length; i += 2) {
+    const gap = gaps[i] as number;
+    to += buf.copy(out, to, from, gap);
+    from = gap + (gaps[i + 1] as number);
+  }
+  buf.copy(out, to, from, pos);
+  return out;
+}
+
+function serializeRequest(spans: ReadableSpan[]): Uint8Array {
+  pos = 0;
+  gaps.length = 0;
+  skipped = 0;
+  try {
+    for (const [resource, scopes] of groupSpans(spans)) writeResourceSpans(resource, scopes);
+    return copyOut();
+  } finally {
+    if (buf.length > RETAINED_BYTES) {
+      buf = Buffer.allocUnsafeSlow(INITIAL_BYTES);
+      view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    }
+  }
+}
+
+let library: typeof import('@opentelemetry/otlp-transformer') | undefined;
+
+export const FastProtobufTraceSerializer: TraceSerializer = {
+  serializeRequest,
+  deserializeResponse(data: Uint8Array): IExportTraceServiceResponse {
+    library ??= require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
+    return library.ProtobufTraceSerializer.deserializeResponse(data);
+  },
+};
