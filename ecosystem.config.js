@@ -12,6 +12,7 @@
  * PM2 keeps the env an app was started with: after changing a value, use
  * `pm2 reload ecosystem.config.js --update-env` (or delete and start again).
  */
+const fs = require('node:fs');
 const path = require('node:path');
 const { version } = require('./package.json');
 
@@ -26,10 +27,21 @@ function ms(name, fallback) {
   return Number(value);
 }
 
+/** Workers: a whole number, or `max` (PM2's one per CPU). */
+function workers() {
+  const value = env.WEB_CONCURRENCY;
+  if (value === undefined || value === '') return 2;
+  if (value === 'max') return 'max';
+  if (!/^[1-9]\d*$/.test(value)) throw new Error(`WEB_CONCURRENCY must be a whole number of workers (1 or more) or "max", got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
 const drainTimeoutMs = ms('DRAIN_TIMEOUT_MS', 3000);
 // Secrets (an OTLP auth header) can live in this file instead of the shell:
 // Node loads it in each worker, so PM2 never stores them (`pm2 ls`, `pm2 save`).
+// `.env` is optional; a file named by ENV_FILE must exist.
 const envFile = path.resolve(__dirname, env.ENV_FILE || '.env');
+if (env.ENV_FILE && !fs.existsSync(envFile)) throw new Error(`ENV_FILE: no such file ${envFile}`);
 const flushTimeoutMs = ms('FLUSH_TIMEOUT_MS', 2000);
 
 /** Only the variables that are set: an unset OTEL_* variable keeps its standard default. */
@@ -48,7 +60,7 @@ module.exports = {
       script: path.join(__dirname, 'dist/src/server.js'),
       cwd: __dirname,
       exec_mode: 'cluster',
-      instances: Number(env.WEB_CONCURRENCY) || 2,
+      instances: workers(),
       node_args: [
         `--env-file-if-exists=${envFile}`,
         // V8 grows the young generation to 3 x 32 MB under a steady request
