@@ -16,7 +16,12 @@
  *   context they were added in only through promises (`await`), which is how
  *   Koa and modern handlers consume them;
  * - takes the path as is when it needs no normalisation (the common case),
- *   and falls back to the library's exact `new URL()` logic otherwise.
+ *   and falls back to the library's exact `new URL()` logic otherwise;
+ * - sets the request attributes once the span is started and sampled (the
+ *   SDK would validate start attributes twice), and skips them for an
+ *   unsampled request;
+ * - runs the handler in one light context holding the span and the RPC
+ *   metadata (`RequestContext` below) instead of two copied ones.
  *
  * The library still instruments outgoing requests (`http.request`/`get`),
  * configured with `disableIncomingRequestInstrumentation: true`.
