@@ -124,6 +124,24 @@ describe('exporting', () => {
     expect(upstream).toHaveLength(1);
     expect(clients.map((s) => s.parentSpanId)).toEqual([upstream[0]?.spanId, upstream[0]?.spanId]);
   });
+
+  test('an unsampled request records no span but passes its trace on, unsampled', async () => {
+    const child = start(path.join(FIXTURES, 'outgoing.js'), {
+      OTEL_SERVICE_NAME: 'preload-unsampled',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+      OTEL_BSP_SCHEDULE_DELAY: '60000',
+    });
+    const port = Number((await child.waitForLine(/^READY \d+/)).split(' ')[1]);
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    // The default sampler follows the parent: flags 00, not sampled.
+    const response = await get(port, '/', { traceparent: `00-${traceId}-00f067aa0ba902b7-00` });
+    const downstream = JSON.parse(response.body) as { via: string; traceparent: string | null }[];
+    expect(downstream.map((d) => d.via)).toEqual(['/via-http', '/via-fetch']);
+    for (const call of downstream) expect(call.traceparent).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
+    child.process.kill('SIGTERM');
+    await child.exited;
+    expect(receiver.spans.filter((s) => s.traceId === traceId)).toEqual([]);
+  });
 });
 
 describe('the lean default', () => {
