@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startReceiver, type OtlpReceiver } from '../helpers/otlpReceiver';
-import { cleanEnv, freePort, ROOT } from '../helpers/pm2';
+import { alive, cleanEnv, freePort, ROOT } from '../helpers/pm2';
 import { get } from '../helpers/load';
 
 jest.setTimeout(180_000);
@@ -31,15 +31,6 @@ function run(command: string, args: string[], cwd: string): Promise<void> {
       else resolve();
     });
   });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The runtime's child processes (its workers), from /proc. */

@@ -54,7 +54,8 @@ function exec(args: string[], env: Record<string, string>, cwd: string): Promise
   });
 }
 
-function alive(pid: number): boolean {
+/** Whether a process with this PID exists. */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
