@@ -65,26 +65,14 @@ const AUTOCANNON = 'autocannon';
  */
 async function runCollector(port) {
   const grpc = require('@grpc/grpc-js');
-  const { countSpans } = require('./sink');
+  const { countSpans, RAW_TRACE_SERVICE } = require('./sink');
   const counts = { spans: 0, exports: 0, refused: 0 };
   let refusing = false;
   /** @type {NodeJS.Timeout | undefined} */
   let flapTimer;
-  /** @param {Buffer} value */
-  const raw = (value) => value;
   const server = new grpc.Server();
   server.addService(
-    {
-      Export: {
-        path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
-        requestStream: false,
-        responseStream: false,
-        requestSerialize: raw,
-        requestDeserialize: raw,
-        responseSerialize: raw,
-        responseDeserialize: raw,
-      },
-    },
+    RAW_TRACE_SERVICE,
     {
       /** @type {import('@grpc/grpc-js').handleUnaryCall<Buffer, Buffer>} */
       Export(call, callback) {

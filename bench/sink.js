@@ -133,28 +133,33 @@ function snapshot() {
   return { ...stats, cpuMicros: cpu.user + cpu.system };
 }
 
+/** @param {Buffer} value */
+const raw = (value) => value;
+
+/**
+ * The OTLP trace service with its one method, payloads left as raw bytes.
+ * @type {grpc.ServiceDefinition}
+ */
+const RAW_TRACE_SERVICE = {
+  Export: {
+    path: EXPORT_PATH,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: raw,
+    requestDeserialize: raw,
+    responseSerialize: raw,
+    responseDeserialize: raw,
+  },
+};
+
 /**
  * Starts the gRPC server on 127.0.0.1.
  * @param {number} port 0 for any free port
  * @returns {Promise<{ server: grpc.Server, port: number }>}
  */
 function listen(port) {
-  /** @param {Buffer} value */
-  const raw = (value) => value;
   const server = new grpc.Server();
-  /** @type {grpc.ServiceDefinition} */
-  const service = {
-    Export: {
-      path: EXPORT_PATH,
-      requestStream: false,
-      responseStream: false,
-      requestSerialize: raw,
-      requestDeserialize: raw,
-      responseSerialize: raw,
-      responseDeserialize: raw,
-    },
-  };
-  server.addService(service, {
+  server.addService(RAW_TRACE_SERVICE, {
     /** @type {grpc.handleUnaryCall<Buffer, Buffer>} */
     Export(call, callback) {
       record(call.request);
@@ -192,4 +197,4 @@ if (require.main === module) {
   });
 }
 
-module.exports = { countSpans };
+module.exports = { countSpans, RAW_TRACE_SERVICE };

@@ -40,7 +40,7 @@ function numberOrUndefined(value: unknown): number | undefined {
  * returns what PM2 says about this process; otherwise returns undefined and
  * leaves `env` alone.
  */
-export function adoptPm2Env(env: MutableEnv = process.env, envFile: Record<string, string> = envFileValues(process.execArgv)): Pm2Process | undefined {
+export function adoptPm2Env(env: MutableEnv = process.env, envFile?: Record<string, string>): Pm2Process | undefined {
   const raw = env.pm2_env;
   if (raw === undefined) return undefined;
   let app: Record<string, unknown>;
@@ -55,7 +55,8 @@ export function adoptPm2Env(env: MutableEnv = process.env, envFile: Record<strin
   for (const key of Object.keys(env)) {
     if (key.startsWith('OTEL_') && !(key in app)) delete env[key];
   }
-  for (const [key, value] of Object.entries(envFile)) {
+  // Read only under PM2: elsewhere Node has applied the file as it should.
+  for (const [key, value] of Object.entries(envFile ?? envFileValues(process.execArgv))) {
     if (key.startsWith('OTEL_')) env[key] = value;
   }
   for (const [key, value] of Object.entries(app)) {
