@@ -3,11 +3,10 @@
  * error answers on a pipelined connection, and the graceful stop. The same
  * stop under PM2, with spans, is in `test/e2e/stop.test.ts`.
  */
-import net from 'node:net';
 import { loadConfig } from '../../src/config';
 import { log } from '../../src/log';
 import { startServer, type RunningServer } from '../../src/server';
-import { parseResponse, rawRequest } from '../helpers/rawHttp';
+import { keepAliveConnection, rawRequest, responses } from '../helpers/rawHttp';
 
 let running: RunningServer | undefined;
 
@@ -22,49 +21,6 @@ afterEach(async () => {
   running = undefined;
   jest.restoreAllMocks();
 });
-
-/** Every response in `raw`, in order (Content-Length bodies, which is what this server sends). */
-function responses(raw: string): { status: number; headers: Record<string, string>; body: string }[] {
-  const found = [];
-  let rest = raw;
-  for (;;) {
-    const response = parseResponse(rest, { closed: false });
-    if (!response.complete) return found;
-    found.push({ status: response.status, headers: response.headers, body: response.body });
-    rest = rest.slice(rest.indexOf('\r\n\r\n') + 4 + Number(response.headers['content-length']));
-  }
-}
-
-/** A keep-alive connection that sends one request and reads its response. */
-async function keepAliveConnection(port: number): Promise<{ socket: net.Socket; get(path: string): Promise<string>; ended: Promise<string | undefined> }> {
-  const socket = net.connect(port, '127.0.0.1');
-  await new Promise((resolve) => socket.once('connect', resolve));
-  let received = '';
-  let waiting: (() => void) | undefined;
-  socket.setEncoding('latin1');
-  socket.on('data', (chunk: string) => {
-    received += chunk;
-    waiting?.();
-  });
-  const ended = new Promise<string | undefined>((resolve) => {
-    let error: string | undefined;
-    socket.on('error', (caught: NodeJS.ErrnoException) => (error = caught.code));
-    socket.on('close', () => resolve(error));
-  });
-  return {
-    socket,
-    ended,
-    get(path) {
-      received = '';
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`);
-      return new Promise((resolve) => {
-        waiting = () => {
-          if (responses(received).length > 0) resolve(received);
-        };
-      });
-    },
-  };
-}
 
 describe('raw error answers', () => {
   it('never answer ahead of a pipelined request still in flight: its 200 comes first, then the 400', async () => {
@@ -97,14 +53,14 @@ describe('graceful stop', () => {
     const { server, port } = await start({ KEEP_ALIVE_TIMEOUT_MS: '65000', DRAIN_TIMEOUT_MS: '5000' });
     const idle = await keepAliveConnection(port);
     const reused = await keepAliveConnection(port);
-    expect(parseResponse(await idle.get('/items/1'), { closed: false }).status).toBe(200);
-    expect(parseResponse(await reused.get('/items/2'), { closed: false }).status).toBe(200);
+    expect((await idle.get('/items/1')).status).toBe(200);
+    expect((await reused.get('/items/2')).status).toBe(200);
     const slow = rawRequest(port, 'GET /_test/slow?ms=600 HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: 10_000 });
     await new Promise((resolve) => setTimeout(resolve, 100));
 
     const started = Date.now();
     const closed = server.close();
-    const readyz = parseResponse(await reused.get('/readyz'), { closed: false });
+    const readyz = await reused.get('/readyz');
     expect(readyz).toMatchObject({ status: 503, headers: { connection: 'close' } });
 
     const answer = await slow;
@@ -119,7 +75,7 @@ describe('graceful stop', () => {
     const warn = jest.spyOn(log, 'warn').mockImplementation(() => undefined);
     const { server, port } = await start({ KEEP_ALIVE_TIMEOUT_MS: '65000', DRAIN_TIMEOUT_MS: '5000' });
     const idle = await keepAliveConnection(port);
-    expect(parseResponse(await idle.get('/'), { closed: false }).status).toBe(200);
+    expect((await idle.get('/')).status).toBe(200);
     const started = Date.now();
     await server.close();
     expect(Date.now() - started).toBeLessThan(4000);
@@ -132,7 +88,7 @@ describe('graceful stop', () => {
     const { server, port } = await start({ DRAIN_TIMEOUT_MS: '300' });
     const cut = [1, 2, 3].map(() => rawRequest(port, 'GET /_test/slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n', { timeoutMs: 10_000 }));
     const idle = await keepAliveConnection(port);
-    expect(parseResponse(await idle.get('/'), { closed: false }).status).toBe(200);
+    expect((await idle.get('/')).status).toBe(200);
     await new Promise((resolve) => setTimeout(resolve, 100));
     await server.close();
     expect(warn).toHaveBeenCalledTimes(1);
