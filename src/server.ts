@@ -91,7 +91,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
         if (!timedOut) server.closeIdleConnections();
         await closed;
       };
-      const drained = await Promise.race([drain().then(() => true), delay(config.drainTimeoutMs).then(() => false)]);
+      // `closed` alone ends it when no connection is left open.
+      const drained = await Promise.race([Promise.race([closed, drain()]).then(() => true), delay(config.drainTimeoutMs).then(() => false)]);
       if (!drained) {
         timedOut = true;
         log.warn('drain timeout: cutting the requests still running', { drainTimeoutMs: config.drainTimeoutMs, requests: inFlight.size });

@@ -71,6 +71,25 @@ describe('graceful stop', () => {
     expect(Date.now() - started).toBeLessThan(4000);
   });
 
+  it('keep-alive clients sending throughout a stop are each answered Connection: close, never cut', async () => {
+    const { server, port } = await start({ KEEP_ALIVE_TIMEOUT_MS: '65000', DRAIN_TIMEOUT_MS: '5000' });
+    let id = 0;
+    let stopping: Promise<void> | undefined;
+    const client = async (): Promise<{ answered: number; last: number }> => {
+      const connection = await keepAliveConnection(port);
+      for (let answered = 0; ; answered += 1) {
+        const response = await connection.get(`/items/${(id += 1)}`);
+        // The stop begins once every client is under way.
+        if (id >= 200) stopping ??= server.close();
+        if (response.status !== 200 || response.headers.connection === 'close') return { answered, last: response.status };
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+    };
+    const results = await Promise.all(Array.from({ length: 8 }, client));
+    await stopping;
+    expect(results.map((r) => r.last)).toEqual(Array(8).fill(200));
+  });
+
   it('with nothing in flight, closes idle keep-alive sockets and ends at once', async () => {
     const warn = jest.spyOn(log, 'warn').mockImplementation(() => undefined);
     const { server, port } = await start({ KEEP_ALIVE_TIMEOUT_MS: '65000', DRAIN_TIMEOUT_MS: '5000' });
@@ -80,6 +99,14 @@ describe('graceful stop', () => {
     await server.close();
     expect(Date.now() - started).toBeLessThan(4000);
     expect(await idle.ended).toBeUndefined();
+    expect(warn).not.toHaveBeenCalled();
+  });
+
+  it('with no connection open, ends at once, even with a drain timeout shorter than the idle grace', async () => {
+    const warn = jest.spyOn(log, 'warn').mockImplementation(() => undefined);
+    const { server, port } = await start({ DRAIN_TIMEOUT_MS: '50' });
+    expect((await rawRequest(port, 'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')).status).toBe(200);
+    await server.close();
     expect(warn).not.toHaveBeenCalled();
   });
 
