@@ -31,6 +31,7 @@ import { errorMonitor } from 'node:events';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, createContextKey, propagation, trace, type Attributes, type Context, type Span } from '@opentelemetry/api';
 import { RPCType, getRPCMetadata, setRPCMetadata, suppressTracing, type RPCMetadata } from '@opentelemetry/core';
 import { InstrumentationBase, InstrumentationNodeModuleDefinition, isWrapped, type InstrumentationConfig } from '@opentelemetry/instrumentation';
+import forwardedParse from 'forwarded-parse';
 
 export interface HttpServerInstrumentationConfig extends InstrumentationConfig {
   /** Request paths (without query) that produce no span. */
@@ -78,10 +79,10 @@ function parseHostHeader(hostHeader: string, proto?: string): { host: string; po
   return { host: hostHeader };
 }
 
+/** The `Forwarded` header's entries, or none when it does not parse (the library's `parseForwardedHeader`). */
 function parseForwarded(header: string): Array<{ host?: string; proto?: string; for?: string }> {
   try {
-    const parse = require('forwarded-parse') as (value: string) => Array<{ host?: string; proto?: string; for?: string }>;
-    return parse(header);
+    return forwardedParse(header);
   } catch {
     return [];
   }

@@ -6,8 +6,10 @@
  * Shutdown order (PM2 sends SIGINT, then SIGKILL after `kill_timeout`):
  *   1. stop accepting connections, `/readyz` answers 503;
  *   2. let in-flight requests finish (at most DRAIN_TIMEOUT_MS), answering
- *      them with `Connection: close` and closing keep-alive sockets as soon
- *      as they are idle;
+ *      them, and any request that still arrives on an open keep-alive
+ *      socket, with `Connection: close`; once none is left, close the idle
+ *      keep-alive sockets; past the timeout, cut what is still running and
+ *      log how many requests that was;
  *   3. flush telemetry (at most FLUSH_TIMEOUT_MS);
  *   4. exit 0.
  * The ecosystem file sets `kill_timeout` above the sum of both timeouts.
@@ -15,6 +17,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createApp, MAX_URL_LENGTH } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
 import { log } from './log';
@@ -32,15 +35,18 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const app = createApp({ isShuttingDown: () => shuttingDown, testRoutes: config.testRoutes });
   const handle = app.callback();
 
-  // Responses not yet started: told `Connection: close` once shutdown begins.
+  // Requests not yet answered: what the drain waits for, and what a drain
+  // timeout cuts. Once shutdown begins they are answered `Connection: close`.
   const inFlight = new Set<http.ServerResponse>();
+  let allAnswered: (() => void) | undefined;
   const server = http.createServer({ maxHeaderSize: MAX_HEADER_SIZE }, (req, res) => {
     // Keep-alive clients of a worker that is going away are told so, rather than reset.
     if (shuttingDown) res.setHeader('Connection', 'close');
-    else {
-      inFlight.add(res);
-      res.once('close', () => inFlight.delete(res));
-    }
+    inFlight.add(res);
+    res.once('close', () => {
+      inFlight.delete(res);
+      if (inFlight.size === 0) allAnswered?.();
+    });
     void handle(req, res);
   });
   server.on('clientError', answerClientError);
@@ -59,6 +65,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
     });
   });
 
+  const answered = (): Promise<void> =>
+    inFlight.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (allAnswered = resolve));
+
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
@@ -66,13 +75,27 @@ export async function startServer(config: Config): Promise<RunningServer> {
       for (const res of inFlight) if (!res.headersSent) res.setHeader('Connection', 'close');
       // Stop accepting, but do not close idle keep-alive sockets now as
       // http.Server#close() would: a client may be sending its next request
-      // on one at this very moment, and would see a reset. Each socket closes
-      // after its next response (`Connection: close`) or its keep-alive
-      // timeout, which the client knows from the `Keep-Alive` header.
+      // on one at this very moment, and would see a reset. Such a client is
+      // answered `Connection: close` instead. The sockets still idle once no
+      // request has been in flight for IDLE_GRACE_MS are closed: their
+      // clients are not sending, and waiting for their keep-alive timeout
+      // (which may be longer than the drain, e.g. behind a load balancer)
+      // would only delay the stop.
       const closed = new Promise<void>((resolve) => net.Server.prototype.close.call(server, () => resolve()));
-      const drained = await Promise.race([closed.then(() => true), delay(config.drainTimeoutMs).then(() => false)]);
+      let timedOut = false;
+      const drain = async (): Promise<void> => {
+        do {
+          await answered();
+          await sleep(IDLE_GRACE_MS);
+        } while (inFlight.size > 0 && !timedOut);
+        if (!timedOut) server.closeIdleConnections();
+        await closed;
+      };
+      // `closed` alone ends it when no connection is left open.
+      const drained = await Promise.race([Promise.race([closed, drain()]).then(() => true), delay(config.drainTimeoutMs).then(() => false)]);
       if (!drained) {
-        log.warn('drain timeout: closing remaining connections', { drainTimeoutMs: config.drainTimeoutMs });
+        timedOut = true;
+        log.warn('drain timeout: cutting the requests still running', { drainTimeoutMs: config.drainTimeoutMs, requests: inFlight.size });
         server.closeAllConnections();
       }
       await shutdownTelemetry(config.flushTimeoutMs);
@@ -82,6 +105,13 @@ export async function startServer(config: Config): Promise<RunningServer> {
 
   return { server, close };
 }
+
+/**
+ * On stop, how long no request must have been in flight before the idle
+ * keep-alive sockets are closed: a client reusing its socket sends within
+ * this time, and is then answered `Connection: close` rather than cut.
+ */
+const IDLE_GRACE_MS = 250;
 
 /**
  * Request line plus headers, in bytes (Node's default is 16 KiB). Above
@@ -120,7 +150,35 @@ function answerClientError(error: NodeJS.ErrnoException & { rawPacket?: Buffer }
   let status = 400;
   if (error.code === 'HPE_HEADER_OVERFLOW') status = isLongRequestLine(error.rawPacket) ? 414 : 431;
   else if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') status = 408;
-  answerRaw(socket, status);
+  answerRawAfterPending(socket, status);
+}
+
+/** Sockets whose raw error answer waits for the responses before it. */
+const answering = new WeakSet<Duplex>();
+
+/**
+ * Answers raw once the socket has no response pending: the parser may fail on
+ * a request pipelined behind one still in flight, and a raw answer written now
+ * would reach the client as the answer to that earlier request. Node keeps the
+ * response it is writing as `socket._httpMessage`, the pipelined ones queued
+ * behind it, and makes the same check before its own raw answer
+ * (`socketOnError` in lib/_http_server.js).
+ */
+function answerRawAfterPending(socket: Duplex, status: number): void {
+  const pending = (socket as Duplex & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+  if (!pending) {
+    answerRaw(socket, status);
+    return;
+  }
+  // The parser reports its error again for each later chunk: answer once.
+  if (answering.has(socket)) return;
+  answering.add(socket);
+  // 'close' follows the response's end, once Node has moved on to the next queued response.
+  pending.once('close', () => {
+    answering.delete(socket);
+    if (socket.writable) answerRawAfterPending(socket, status);
+    else socket.destroy();
+  });
 }
 
 /** Node destroys the socket of a CONNECT nobody listens for: answer it like any method the app does not serve. */

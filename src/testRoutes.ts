@@ -6,6 +6,9 @@
 import Router from '@koa/router';
 import { telemetryStats } from './telemetry';
 
+/** Longest `/_test/slow` wait: a bounded test route, well under REQUEST_TIMEOUT_MS's default. */
+export const MAX_SLOW_MS = 30_000;
+
 export function testRoutes(): Router {
   const router = new Router({ prefix: '/_test' });
   router.get('/error', () => {
@@ -23,6 +26,16 @@ export function testRoutes(): Router {
     setImmediate(() => void Promise.reject(new Error('injected unhandled rejection')));
     ctx.status = 202;
     ctx.body = { pid: process.pid };
+  });
+  // Answers after `ms` milliseconds: a request still in flight when a stop begins.
+  router.get('/slow', async (ctx) => {
+    const text = ctx.query.ms;
+    const ms = Number(text);
+    if (typeof text !== 'string' || !/^\d{1,6}$/.test(text) || ms > MAX_SLOW_MS) {
+      ctx.throw(400, `query parameter ms must be an integer from 0 to ${MAX_SLOW_MS}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    ctx.body = { pid: process.pid, ms };
   });
   router.get('/stats', (ctx) => {
     const memory = process.memoryUsage();

@@ -146,3 +146,74 @@ export function stalledRequest(port: number, partial: string, waitMs: number): P
     }, waitMs);
   });
 }
+
+/** Every response in `raw`, in order (Content-Length bodies, which is what this server sends). */
+export function responses(raw: string): { status: number; headers: Record<string, string>; body: string }[] {
+  const found = [];
+  let rest = raw;
+  for (;;) {
+    const response = parseResponse(rest, { closed: false });
+    if (!response.complete) return found;
+    found.push({ status: response.status, headers: response.headers, body: response.body });
+    rest = rest.slice(rest.indexOf('\r\n\r\n') + 4 + Number(response.headers['content-length']));
+  }
+}
+
+export interface KeepAliveConnection {
+  /**
+   * Sends a GET on this connection and resolves with its response; with
+   * status 0 if the server closed the connection first or `timeoutMs` passed.
+   */
+  get(path: string, timeoutMs?: number): Promise<{ status: number; headers: Record<string, string>; body: string }>;
+  /** Resolves once the connection is closed: undefined when the server closed it cleanly, else the socket error (e.g. ECONNRESET). */
+  readonly ended: Promise<string | undefined>;
+  destroy(): void;
+}
+
+/** A connection to 127.0.0.1:`port` that stays open for several requests, one at a time. */
+export async function keepAliveConnection(port: number): Promise<KeepAliveConnection> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.setEncoding('latin1');
+  let received = '';
+  let check: (() => void) | undefined;
+  let closed = false;
+  socket.on('data', (chunk: string) => {
+    received += chunk;
+    check?.();
+  });
+  const ended = new Promise<string | undefined>((resolve) => {
+    let error: string | undefined;
+    socket.on('error', (caught: NodeJS.ErrnoException) => (error ??= caught.code ?? caught.message));
+    socket.on('close', () => {
+      closed = true;
+      check?.();
+      resolve(error);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', () => resolve());
+    socket.once('error', reject);
+  });
+  return {
+    ended,
+    destroy: () => socket.destroy(),
+    get(path, timeoutMs = 10_000) {
+      received = '';
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => finish({ status: 0, headers: {}, body: '' }), timeoutMs);
+        const finish = (response: { status: number; headers: Record<string, string>; body: string }): void => {
+          clearTimeout(timer);
+          check = undefined;
+          resolve(response);
+        };
+        check = () => {
+          const [response] = responses(received);
+          if (response) finish(response);
+          else if (closed) finish({ status: 0, headers: {}, body: '' });
+        };
+        check();
+      });
+    },
+  };
+}

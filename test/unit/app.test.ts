@@ -225,3 +225,32 @@ describe('health and readiness', () => {
     expect(res.status).toBe(200);
   });
 });
+
+describe('test routes', () => {
+  it('are not mounted unless asked for', async () => {
+    const res = await request(build().app).get('/_test/slow?ms=0');
+    expect(res.status).toBe(404);
+  });
+
+  it('answers /_test/slow after ms milliseconds with the pid', async () => {
+    const { app } = build({ testRoutes: true });
+    const started = Date.now();
+    const res = await request(app).get('/_test/slow?ms=150');
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ pid: process.pid, ms: 150 });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(140);
+  });
+
+  it.each(['', '-1', '1.5', 'abc', '30001', '1e3'])('answers 400 on /_test/slow for ms=%s', async (ms) => {
+    const { app, error } = build({ testRoutes: true });
+    const res = await request(app).get(`/_test/slow?ms=${ms}`);
+    expect(res.status).toBe(400);
+    expect(res.body).toEqual({ error: 'query parameter ms must be an integer from 0 to 30000', status: 400 });
+    expect(error).not.toHaveBeenCalled();
+  });
+
+  it('answers 400 on /_test/slow without ms', async () => {
+    const res = await request(build({ testRoutes: true }).app).get('/_test/slow');
+    expect(res.status).toBe(400);
+  });
+});
