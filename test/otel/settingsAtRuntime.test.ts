@@ -300,8 +300,8 @@ describe('OTEL_NODE_RESOURCE_DETECTORS', () => {
     expect((await get(port, '/items/1')).status).toBe(200);
     const spans = await receiver.waitFor((all) => serverSpans(all).length === 1, 15_000);
     const elapsed = Date.now() - sent;
-    // The EC2 detector gives up after 5 s; exports wait for detection to finish.
-    expect(elapsed).toBeLessThan(2000);
+    // Exports wait for detection to finish; the EC2 detector alone would give up only after 5 s.
+    expect(elapsed).toBeLessThan(3000);
     if (blackHole) expect(sockets.size).toBeGreaterThan(0);
     const resource = serverSpans(spans)[0]?.resource ?? {};
     expect(resource['service.name']).toBe('detectors-aws');
