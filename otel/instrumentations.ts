@@ -83,15 +83,25 @@ function loadLibraryInstrumentations(settings: TelemetrySettings): Instrumentati
   }
 }
 
+/**
+ * How long the AWS detectors may take. The EC2 one asks the link-local
+ * metadata address, which answers within milliseconds on EC2; elsewhere that
+ * address is often a black hole, where the detector waits 5 s, and every
+ * export (the flush at stop too) waits for detection.
+ */
+const AWS_DETECTION_DEADLINE_MS = 1000;
+
 /** The resource detectors named by OTEL_NODE_RESOURCE_DETECTORS, each module loaded only if named. */
 export function loadResourceDetectors(names: readonly string[]): ResourceDetector[] {
-  if (names.includes('none')) return [];
+  const resources = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
+  // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are settings, not
+  // detection: they apply whatever detectors are named, even `none`.
+  if (names.includes('none')) return [resources.envDetector];
   const all = names.includes('all');
   const wanted = (name: string): boolean => all || names.includes(name);
-  const resources = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const detectors: ResourceDetector[] = [];
   // Order matters: later detectors win, and `env` (OTEL_RESOURCE_ATTRIBUTES,
-  // OTEL_SERVICE_NAME) comes last so that what the user sets wins.
+  // OTEL_SERVICE_NAME) comes last, always, so that what the user sets wins.
   if (wanted('host')) detectors.push(resources.hostDetector);
   if (wanted('os')) detectors.push(resources.osDetector);
   if (wanted('process')) detectors.push(resources.processDetector);
@@ -102,8 +112,26 @@ export function loadResourceDetectors(names: readonly string[]): ResourceDetecto
   }
   if (wanted('aws')) {
     const aws = require('@opentelemetry/resource-detector-aws') as typeof import('@opentelemetry/resource-detector-aws');
-    detectors.push(aws.awsEc2Detector, aws.awsEcsDetector, aws.awsEksDetector, aws.awsBeanstalkDetector, aws.awsLambdaDetector);
+    for (const detector of [aws.awsEc2Detector, aws.awsEcsDetector, aws.awsEksDetector, aws.awsBeanstalkDetector, aws.awsLambdaDetector]) {
+      detectors.push(withDeadline(detector, AWS_DETECTION_DEADLINE_MS));
+    }
   }
-  if (wanted('env')) detectors.push(resources.envDetector);
+  detectors.push(resources.envDetector);
   return detectors;
+}
+
+/** The detector, whose attributes not known after `ms` are left out. */
+function withDeadline(detector: ResourceDetector, ms: number): ResourceDetector {
+  return {
+    detect(config) {
+      const detected = detector.detect(config);
+      if (detected.attributes === undefined) return detected;
+      let deadline: Promise<undefined> | undefined;
+      const timeUp = (): Promise<undefined> => (deadline ??= new Promise((resolve) => setTimeout(resolve, ms, undefined).unref()));
+      const attributes = Object.fromEntries(
+        Object.entries(detected.attributes).map(([key, value]) => [key, value instanceof Promise ? Promise.race([value, timeUp()]) : value]),
+      );
+      return { ...detected, attributes };
+    },
+  };
 }

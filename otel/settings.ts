@@ -203,7 +203,27 @@ function otlpSettings(env: Env): OtlpSettings {
     ...parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_HEADERS')),
     ...parseHeaders('OTEL_EXPORTER_OTLP_TRACES_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS')),
   };
+  checkCompressionAndTimeout(env);
   return { protocol, url: target, headers };
+}
+
+/**
+ * The exporters read compression and timeout from these variables
+ * themselves, and ignore a bad value with a warning (falling back to no
+ * compression, or 10 s): check them here so that a mistake is one clear line.
+ * The exporters accept exactly `gzip` or `none`, and a timeout above 0.
+ */
+function checkCompressionAndTimeout(env: Env): void {
+  for (const name of ['OTEL_EXPORTER_OTLP_COMPRESSION', 'OTEL_EXPORTER_OTLP_TRACES_COMPRESSION']) {
+    const value = text(env, name);
+    if (value !== undefined) oneOf(name, value, ['gzip', 'none']);
+  }
+  for (const name of ['OTEL_EXPORTER_OTLP_TIMEOUT', 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT']) {
+    const value = text(env, name);
+    if (value !== undefined && !/^0*[1-9]\d*$/.test(value)) {
+      throw new TelemetryConfigError(`${name} must be a whole number of milliseconds, 1 or more, got "${value}"`);
+    }
+  }
 }
 
 function exporterNames(env: Env): TraceExporterName[] {

@@ -39,7 +39,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
   // timeout cuts. Once shutdown begins they are answered `Connection: close`.
   const inFlight = new Set<http.ServerResponse>();
   let allAnswered: (() => void) | undefined;
-  const server = http.createServer({ maxHeaderSize: MAX_HEADER_SIZE }, (req, res) => {
+  // Node checks the request and headers timeouts only every 30 s by default,
+  // so a 1 s REQUEST_TIMEOUT_MS would answer 408 after up to 31 s: check at a
+  // tenth of the timeout instead (at most 10 % late).
+  const connectionsCheckingInterval = Math.min(30_000, Math.max(250, Math.ceil((config.requestTimeoutMs || 60_000) / 10)));
+  const server = http.createServer({ maxHeaderSize: MAX_HEADER_SIZE, connectionsCheckingInterval }, (req, res) => {
     // Keep-alive clients of a worker that is going away are told so, rather than reset.
     if (shuttingDown) res.setHeader('Connection', 'close');
     inFlight.add(res);

@@ -185,7 +185,12 @@ describe('OTLP receiver', () => {
 
     expectDecodedTrace(receiver.spans, ids, 'grpc-svc');
     expect(receiver.requests).toHaveLength(1);
-    expect(receiver.requests[0]).toMatchObject({ transport: 'grpc', spanCount: 2, accepted: true });
+    expect(receiver.requests[0]).toMatchObject({
+      transport: 'grpc',
+      path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
+      spanCount: 2,
+      accepted: true,
+    });
     expect(receiver.requests[0]?.headers).toMatchObject({
       authorization: 'Basic abc',
       'user-agent': expect.stringContaining('OTel-OTLP-Exporter-JavaScript/'),
@@ -263,6 +268,18 @@ describe('OTLP receiver', () => {
         endTimeUnixNano: 1544712661000000000n,
       },
     ]);
+  });
+
+  it('records the path of each export, and takes exports on the HTTP paths it is given only', async () => {
+    const custom = await startReceiver({ httpPaths: ['/custom/traces'] });
+    cleanups.push(() => custom.close());
+    const body = JSON.stringify({ resourceSpans: [] });
+    const headers = { 'Content-Type': 'application/json' };
+    expect((await post(`${custom.httpUrl}/custom/traces`, headers, Buffer.from(body))).status).toBe(200);
+    expect((await post(`${custom.httpUrl}/v1/traces`, headers, Buffer.from(body))).status).toBe(404);
+    expect((await post(`${receiver.httpUrl}/v1/traces`, headers, Buffer.from(body))).status).toBe(200);
+    expect(custom.requests.map((r) => [r.transport, r.path])).toEqual([['http', '/custom/traces']]);
+    expect(receiver.requests.map((r) => [r.transport, r.path])).toEqual([['http', '/v1/traces']]);
   });
 
   it('refuses exports while set to fail and records no spans until reset to none', async () => {

@@ -44,6 +44,8 @@ export interface ReceivedSpan {
 /** One export request as it arrived. */
 export interface ReceivedRequest {
   transport: 'grpc' | 'http';
+  /** The request path: for HTTP the URL path it was posted to, for gRPC the method path. */
+  path: string;
   /**
    * Lower-cased header names. For gRPC this is the call metadata as grpc-js exposes it:
    * user-set entries plus `user-agent`, without reserved HTTP/2 headers (`content-type`,
@@ -86,6 +88,8 @@ export interface ReceiverOptions {
   host?: string;
   grpcPort?: number;
   httpPort?: number;
+  /** HTTP paths that accept exports; default `['/v1/traces']`, anything else is a 404. */
+  httpPaths?: string[];
 }
 
 const GRPC_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
@@ -268,6 +272,7 @@ function shutdownGrpc(server: grpc.Server, graceMs = 1000): Promise<void> {
 /** Starts an OTLP receiver (gRPC + HTTP) on ephemeral local ports. Always `close()` it. */
 export async function startReceiver(options: ReceiverOptions = {}): Promise<OtlpReceiver> {
   const host = options.host ?? '127.0.0.1';
+  const httpPaths = options.httpPaths ?? ['/v1/traces'];
   let spans: ReceivedSpan[] = [];
   let requests: ReceivedRequest[] = [];
   let failure: 'none' | 'unavailable' = 'none';
@@ -275,9 +280,9 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
   const closers = new Set<(err: Error) => void>();
 
   /** Records one decoded export; returns whether it was accepted. */
-  const record = (transport: ReceivedRequest['transport'], headers: Record<string, string>, received: ReceivedSpan[]): boolean => {
+  const record = (transport: ReceivedRequest['transport'], path: string, headers: Record<string, string>, received: ReceivedSpan[]): boolean => {
     const accepted = failure === 'none';
-    requests.push({ transport, headers, spanCount: received.length, accepted });
+    requests.push({ transport, path, headers, spanCount: received.length, accepted });
     if (accepted) {
       spans.push(...received);
       for (const notify of [...listeners]) notify();
@@ -306,7 +311,7 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
       }
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(call.metadata.getMap())) headers[k] = typeof v === 'string' ? v : v.toString('base64');
-      if (record('grpc', headers, received)) callback(null, EMPTY_RESPONSE);
+      if (record('grpc', GRPC_EXPORT_PATH, headers, received)) callback(null, EMPTY_RESPONSE);
       else callback({ code: grpc.status.UNAVAILABLE, details: 'test receiver is set to fail' });
     },
   });
@@ -317,7 +322,7 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
     };
     void (async () => {
       const { pathname } = new URL(req.url ?? '/', 'http://receiver');
-      if (pathname !== '/v1/traces') return reply(404, 'text/plain', 'not found');
+      if (!httpPaths.includes(pathname)) return reply(404, 'text/plain', 'not found');
       if (req.method !== 'POST') return reply(405, 'text/plain', 'method not allowed');
       const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
       const isJson = contentType === 'application/json';
@@ -331,7 +336,7 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
       }
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(req.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
-      if (!record('http', headers, received)) return reply(503, 'text/plain', 'test receiver is set to fail');
+      if (!record('http', pathname, headers, received)) return reply(503, 'text/plain', 'test receiver is set to fail');
       return isJson ? reply(200, 'application/json', '{}') : reply(200, 'application/x-protobuf', EMPTY_RESPONSE);
     })().catch((err: unknown) => {
       if (!res.headersSent) reply(500, 'text/plain', String(err));

@@ -158,6 +158,24 @@ describe('readSettings', () => {
     ).not.toThrow();
   });
 
+  it('accepts gzip or none compression and a timeout in milliseconds, in both forms', () => {
+    expect(() =>
+      readSettings({
+        OTEL_TRACES_EXPORTER: 'otlp',
+        OTEL_EXPORTER_OTLP_COMPRESSION: 'none',
+        OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: ' gzip ',
+        OTEL_EXPORTER_OTLP_TIMEOUT: '10000',
+        OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '1',
+      }),
+    ).not.toThrow();
+  });
+
+  it('does not check compression and timeout when no OTLP exporter is in use', () => {
+    expect(readSettings({ OTEL_TRACES_EXPORTER: 'console', OTEL_EXPORTER_OTLP_COMPRESSION: 'zstd', OTEL_EXPORTER_OTLP_TIMEOUT: 'soon' }).exporters).toEqual([
+      'console',
+    ]);
+  });
+
   describe('rejects a bad value with one exact message naming the variable', () => {
     it.each<[string, Env, string]>([
       [
@@ -234,6 +252,36 @@ describe('readSettings', () => {
         'an excluded path without a leading slash',
         { OTEL_NODE_EXCLUDED_URLS: 'healthz' },
         'OTEL_NODE_EXCLUDED_URLS: "healthz" is not a path starting with /',
+      ],
+      [
+        'an unknown compression',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_COMPRESSION: 'zstd' },
+        'OTEL_EXPORTER_OTLP_COMPRESSION: unknown value "zstd", expected one of gzip, none',
+      ],
+      [
+        'a traces compression in capitals, which the exporters would ignore',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: 'GZIP' },
+        'OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: unknown value "GZIP", expected one of gzip, none',
+      ],
+      [
+        'a timeout with a unit',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TIMEOUT: '10s' },
+        'OTEL_EXPORTER_OTLP_TIMEOUT must be a whole number of milliseconds, 1 or more, got "10s"',
+      ],
+      [
+        'a traces timeout of 0, which the exporters would ignore',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '0' },
+        'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT must be a whole number of milliseconds, 1 or more, got "0"',
+      ],
+      [
+        'a negative timeout',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TIMEOUT: '-5' },
+        'OTEL_EXPORTER_OTLP_TIMEOUT must be a whole number of milliseconds, 1 or more, got "-5"',
+      ],
+      [
+        'a fractional timeout',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '2.5' },
+        'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT must be a whole number of milliseconds, 1 or more, got "2.5"',
       ],
       [
         'an instrumentation name that is not one',
