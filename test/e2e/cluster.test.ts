@@ -7,7 +7,8 @@
 import os from 'node:os';
 import { startReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlpReceiver';
 import { startApp, startPm2, type Pm2 } from '../helpers/pm2';
-import { get, startLoad } from '../helpers/load';
+import { get, startLoad, type Load } from '../helpers/load';
+import { waitUntil } from '../helpers/waitUntil';
 
 jest.setTimeout(120_000);
 
@@ -36,11 +37,42 @@ function pidsOf(spans: ReceivedSpan[]): Set<number> {
 }
 
 /** Requests on fresh connections, so PM2's round-robin spreads them over workers. */
-async function hit(count: number, from: number): Promise<void> {
+async function hit(count: number, from: number, to = port): Promise<void> {
   for (let i = 0; i < count; i += 1) {
-    const res = await get(port, `/items/${from + i}`);
+    const res = await get(to, `/items/${from + i}`);
     expect(res.status).toBe(200);
   }
+}
+
+const itemPaths = (from: number, count: number): Set<string> => new Set(Array.from({ length: count }, (_, i) => `/items/${from + i}`));
+
+/** Waits until `load` has answered `count` more requests than it had: it runs through what happens meanwhile. */
+async function answersMore(load: Load, count: number, what: string): Promise<void> {
+  const from = load.progress().ok;
+  await waitUntil(() => `${count} requests answered ${what}: ${JSON.stringify(load.progress())}, from ${from}`, () => load.progress().ok >= from + count, 30_000);
+}
+
+/**
+ * Sends requests (`/items/<id>`, from `firstId` on) to `to` until a server span
+ * of each of `pids` has arrived: a worker exports its spans in the order they
+ * ended, so whatever it ended before has arrived by then.
+ */
+async function markThrough(pids: number[], firstId: number, to = port): Promise<void> {
+  const markers = new Set<string>();
+  let id = firstId;
+  await waitUntil(
+    () => `a marker span from each of ${pids.join(', ')}`,
+    async () => {
+      if (pids.every((pid) => serverSpans(receiver.spans, (p) => markers.has(p)).some((s) => Number(s.resource['process.pid']) === pid))) return true;
+      for (let i = 0; i < 4; i += 1) {
+        markers.add(`/items/${id}`);
+        await hit(1, id++, to);
+      }
+      return false;
+    },
+    30_000,
+    400,
+  );
 }
 
 beforeAll(async () => {
@@ -62,8 +94,10 @@ beforeEach(() => receiver.reset());
 
 test('every worker exports server spans named by route, with the app\'s service name, over gRPC', async () => {
   await hit(20, 1000);
-  const spans = await receiver.waitFor((all) => pidsOf(serverSpans(all)).size === 2 && serverSpans(all).length === 20, 20_000);
-  const server = serverSpans(spans);
+  const paths = itemPaths(1000, 20);
+  const mine = (all: ReceivedSpan[]): ReceivedSpan[] => serverSpans(all, (p) => paths.has(p));
+  const spans = await receiver.waitFor((all) => mine(all).length >= 20, 20_000);
+  const server = mine(spans);
   expect(server).toHaveLength(20);
   const workers = (await pm2.list()).filter((p) => p.name === APP);
   expect(pidsOf(server)).toEqual(new Set(workers.map((p) => p.pid)));
@@ -85,7 +119,7 @@ test('every worker exports server spans named by route, with the app\'s service 
 test('continues the trace of an incoming W3C traceparent', async () => {
   const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
   const parent = '00f067aa0ba902b7';
-  await get(port, '/items/77', { traceparent: `00-${traceId}-${parent}-01` });
+  expect((await get(port, '/items/77', { traceparent: `00-${traceId}-${parent}-01` })).status).toBe(200);
   const spans = await receiver.waitFor((all) => all.some((s) => s.traceId === traceId && s.kind === 2), 10_000);
   const server = spans.find((s) => s.traceId === traceId && s.kind === 2);
   expect(server?.parentSpanId).toBe(parent);
@@ -96,39 +130,51 @@ test('health checks produce no spans', async () => {
     expect((await get(port, '/healthz')).status).toBe(200);
     expect((await get(port, '/readyz')).status).toBe(200);
   }
-  await hit(1, 5000);
-  const spans = await receiver.waitFor((all) => serverSpans(all).length === 1, 10_000);
-  expect(spans.filter((s) => String(s.attributes['url.path']).endsWith('z'))).toHaveLength(0);
+  // Anything a worker made of them arrives before its marker.
+  const workers = (await pm2.list()).filter((p) => p.name === APP);
+  await markThrough(workers.map((w) => w.pid), 5000);
+  expect(receiver.spans.filter((s) => /^\/(healthz|readyz)/.test(String(s.attributes['url.path'])))).toEqual([]);
+  expect(serverSpans(receiver.spans).length).toBeGreaterThanOrEqual(workers.length);
 });
 
 test('pm2 scale to 4 yields spans from 4 instrumented workers', async () => {
-  await pm2.run(['scale', APP, '4']);
-  const workers = await pm2.waitOnline(APP, 4);
-  // Keep sending until every worker has answered (round-robin makes this quick).
-  for (let round = 0; round < 20 && pidsOf(serverSpans(receiver.spans)).size < 4; round += 1) {
-    await hit(8, 2000 + round * 8);
-    await new Promise((resolve) => setTimeout(resolve, 400));
-  }
-  const pids = pidsOf(serverSpans(receiver.spans));
-  expect(pids).toEqual(new Set(workers.map((p) => p.pid)));
-  expect(new Set(serverSpans(receiver.spans).map((s) => s.resource['service.name']))).toEqual(new Set([SERVICE]));
+  const app = 'e2e-scale';
+  const scalePort = await startApp(pm2, app, { OTEL_SERVICE_NAME: SERVICE, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl, OTEL_BSP_SCHEDULE_DELAY: '200' });
+  await pm2.run(['scale', app, '4']);
+  const workers = await pm2.waitOnline(app, 4);
+  // Every worker answers (round-robin makes this quick), and its span arrives.
+  await markThrough(workers.map((w) => w.pid), 2000, scalePort);
+  const mine = serverSpans(receiver.spans).filter((s) => s.resource['pm2.app.name'] === app);
+  expect(pidsOf(mine)).toEqual(new Set(workers.map((p) => p.pid)));
+  expect(new Set(mine.map((s) => s.resource['service.name']))).toEqual(new Set([SERVICE]));
+  await pm2.run(['delete', app]);
 });
 
 test('pm2 reload under steady load fails no request and loses no span', async () => {
-  const load = startLoad({ port, keepAliveClients: 4, oneShotClients: 4, firstId: 100_000 });
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  await pm2.run(['reload', APP]);
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  const app = 'e2e-reload';
+  const reloadPort = await startApp(pm2, app, { OTEL_SERVICE_NAME: SERVICE, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl, OTEL_BSP_SCHEDULE_DELAY: '200' });
+  const before = await pm2.waitOnline(app, 2);
+  const load = startLoad({ port: reloadPort, keepAliveClients: 4, oneShotClients: 4, firstId: 100_000 });
+  await answersMore(load, 50, 'before the reload');
+  const atReload = load.progress().ok;
+  await pm2.run(['reload', app]);
+  // Requests were answered while the workers were replaced, and go on after.
+  expect(load.progress().ok).toBeGreaterThan(atReload);
+  await answersMore(load, 50, 'after the reload');
   const result = await load.stop();
   expect(result.errors).toEqual([]);
   expect(result.failed).toBe(0);
-  expect(result.ok).toBeGreaterThan(100);
+  expect(result.ok).toBe(result.sent);
+  const after = await pm2.waitOnline(app, 2);
+  expect(after.filter((w) => before.some((b) => b.pid === w.pid))).toEqual([]);
 
   const answered = new Set(result.answered.map((id) => `/items/${id}`));
   const spans = await receiver.waitFor((all) => serverSpans(all, (p) => answered.has(p)).length >= answered.size, 30_000);
   const matched = serverSpans(spans, (p) => answered.has(p));
   expect(new Set(matched.map((s) => s.attributes['url.path'])).size).toBe(answered.size);
-  await pm2.waitOnline(APP, 4);
+  // From the old workers and the new ones.
+  expect(pidsOf(matched)).toEqual(new Set([...before, ...after].map((w) => w.pid)));
+  await pm2.run(['delete', app]);
 });
 
 test('pm2 stop right after traffic loses no span, even with a long batch delay', async () => {
@@ -140,7 +186,7 @@ test('pm2 stop right after traffic loses no span, even with a long batch delay',
     OTEL_BSP_SCHEDULE_DELAY: '60000',
   });
   for (let i = 0; i < 30; i += 1) expect((await get(stopPort, `/items/${i}`)).status).toBe(200);
-  expect(receiver.spans.filter((s) => s.resource['service.name'] === 'e2e-stop')).toHaveLength(0);
+  // The batch delay outlasts the test (its timeout): what arrives, the flush at stop sent.
   await pm2.run(['stop', app]);
   const spans = await receiver.waitFor((all) => serverSpans(all).filter((s) => s.resource['service.name'] === 'e2e-stop').length >= 30, 15_000);
   expect(serverSpans(spans).filter((s) => s.resource['service.name'] === 'e2e-stop')).toHaveLength(30);
@@ -152,10 +198,12 @@ test('console export is visible through pm2 logs when no endpoint is set', async
   const consolePort = await startApp(pm2, app, { OTEL_BSP_SCHEDULE_DELAY: '100' }, 1);
   expect((await get(consolePort, '/items/31337')).status).toBe(200);
   let logs = '';
-  for (let i = 0; i < 50 && !logs.includes('/items/31337'); i += 1) {
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    logs = await pm2.run(['logs', app, '--nostream', '--lines', '100']);
-  }
+  await waitUntil(
+    () => `a console span of /items/31337 in pm2 logs:\n${logs}`,
+    async () => (logs = await pm2.run(['logs', app, '--nostream', '--lines', '100'])).includes('/items/31337'),
+    15_000,
+    200,
+  );
   const line = logs.split('\n').find((l) => l.includes('otel.span ') && l.includes('"url.path":"/items/31337"'));
   expect(line).toBeDefined();
   const span = JSON.parse(line!.slice(line!.indexOf('otel.span ') + 'otel.span '.length)) as Record<string, unknown>;
@@ -182,6 +230,9 @@ test('http/protobuf delivers the decoded auth header, which no log shows', async
   await receiver.waitFor((all) => all.some((s) => s.resource['service.name'] === 'e2e-http' && s.kind === 2), 15_000);
   const request = receiver.requests.find((r) => r.transport === 'http');
   expect(request?.headers.authorization).toBe(`Basic ${secret}`);
+  const [worker] = (await pm2.list()).filter((p) => p.name === app);
   await pm2.run(['delete', app]);
+  // The logs hold the worker's last line (written before it exits), and no secret.
+  await waitUntil('the worker\'s "shutting down" line in PM2\'s log', () => pm2.outLog().split('\n').some((l) => l.includes(`"pid":${worker!.pid},`) && l.includes('"msg":"shutting down"')), 10_000);
   expect(pm2.outLog() + pm2.errLog()).not.toContain(secret);
 });

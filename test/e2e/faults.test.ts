@@ -7,16 +7,17 @@
  */
 import { startReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlpReceiver';
 import { freePort, startPm2, type Pm2, type Pm2ProcessInfo } from '../helpers/pm2';
-import { get, startLoad } from '../helpers/load';
+import { get, startLoad, type Load } from '../helpers/load';
+import { waitUntil } from '../helpers/waitUntil';
 
 jest.setTimeout(120_000);
 
-const APP = 'e2e-faults';
 const SERVICE = 'e2e-faults-service';
 
 let receiver: OtlpReceiver;
 let pm2: Pm2;
-let port: number;
+/** Apps to delete after each test: every test starts its own. */
+const apps: string[] = [];
 
 function appEnv(app: string, appPort: number, extra: Record<string, string> = {}): Record<string, string> {
   return {
@@ -36,21 +37,32 @@ async function workers(app: string): Promise<Pm2ProcessInfo[]> {
   return (await pm2.list()).filter((p) => p.name === app).sort((a, b) => a.pm_id - b.pm_id);
 }
 
-async function sleep(ms: number): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, ms));
+/** Starts the kit as `app` (2 workers, exporting to the receiver), for one test; returns its port and workers. */
+async function startFaultsApp(app: string, extra: Record<string, string> = {}): Promise<{ port: number; workers: Pm2ProcessInfo[] }> {
+  const port = await freePort();
+  apps.push(app);
+  await pm2.run(['start', 'ecosystem.config.js'], { env: appEnv(app, port, extra) });
+  return { port, workers: await pm2.waitOnline(app, 2) };
 }
 
 /** Waits until PM2 runs a new, online process in place of `old` (same pm_id, another pid). */
 async function waitReplaced(app: string, old: Pm2ProcessInfo, timeoutMs = 20_000): Promise<Pm2ProcessInfo> {
-  const deadline = Date.now() + timeoutMs;
   let last: Pm2ProcessInfo[] = [];
-  while (Date.now() < deadline) {
-    last = await workers(app);
-    const now = last.find((p) => p.pm_id === old.pm_id);
-    if (now && now.pid > 0 && now.pid !== old.pid && now.status === 'online') return now;
-    await sleep(100);
-  }
-  throw new Error(`${app}: pm_id ${old.pm_id} (pid ${old.pid}) was not replaced: ${JSON.stringify(last)}\n${pm2.errLog().slice(-3000)}`);
+  return waitUntil(
+    () => `${app}: pm_id ${old.pm_id} (pid ${old.pid}) was not replaced: ${JSON.stringify(last)}\n${pm2.errLog().slice(-3000)}`,
+    async () => {
+      last = await workers(app);
+      const now = last.find((p) => p.pm_id === old.pm_id);
+      return now && now.pid > 0 && now.pid !== old.pid && now.status === 'online' ? now : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+/** Waits until `load` has answered `count` more requests than it had: it runs through what happens meanwhile. */
+async function answersMore(load: Load, count: number, what: string): Promise<void> {
+  const from = load.progress().ok;
+  await waitUntil(() => `${count} requests answered ${what}: ${JSON.stringify(load.progress())}, from ${from}`, () => load.progress().ok >= from + count, 30_000);
 }
 
 /** Waits for spans like `receiver.waitFor`, and on a timeout says what the workers logged. */
@@ -71,7 +83,7 @@ function isServer(span: ReceivedSpan, path: string): boolean {
 }
 
 /** Sends GETs on fresh connections until a server span of `pid` arrives; returns it. */
-async function spanFrom(pid: number, firstId: number): Promise<ReceivedSpan> {
+async function spanFrom(port: number, pid: number, firstId: number): Promise<ReceivedSpan> {
   const mine = (s: ReceivedSpan): boolean => s.kind === 2 && pidOf(s) === pid && String(s.attributes['url.path']).startsWith('/items/');
   for (let round = 0; round < 20 && !receiver.spans.some(mine); round += 1) {
     for (let i = 0; i < 4; i += 1) expect((await get(port, `/items/${firstId + round * 4 + i}`)).status).toBe(200);
@@ -81,19 +93,24 @@ async function spanFrom(pid: number, firstId: number): Promise<ReceivedSpan> {
   return spans.find(mine)!;
 }
 
-/** Log lines of `kind` (e.g. 'uncaught exception') written by `pid`, once PM2 has written them. */
+/**
+ * Log lines of `kind` (e.g. 'uncaught exception') written by `pid`, once PM2
+ * has written the first: call it once the worker has exited, so that it can
+ * write no more.
+ */
 async function crashLines(kind: string, pid: number): Promise<number> {
   const count = (): number => pm2.errLog().split('\n').filter((l) => l.includes(`"msg":"${kind}: the worker exits"`) && l.includes(`"pid":${pid},`)).length;
-  for (let i = 0; i < 50 && count() === 0; i += 1) await sleep(100);
+  await waitUntil(`a "${kind}" line from ${pid}`, () => count() > 0, 5000);
   return count();
 }
 
 beforeAll(async () => {
   receiver = await startReceiver();
   pm2 = await startPm2();
-  port = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], { env: appEnv(APP, port) });
-  await pm2.waitOnline(APP, 2);
+});
+
+afterEach(async () => {
+  for (const app of apps.splice(0)) await pm2.run(['delete', app]).catch(() => undefined);
 });
 
 afterAll(async () => {
@@ -104,7 +121,8 @@ afterAll(async () => {
 beforeEach(() => receiver.reset());
 
 test('an exception in a handler answers a plain 500, is recorded on the server span, and the worker keeps serving', async () => {
-  const before = await workers(APP);
+  const APP = 'e2e-faults-handler';
+  const { port, workers: before } = await startFaultsApp(APP);
   const N = 10;
   const bodies: string[] = [];
   for (let i = 0; i < N; i += 1) {
@@ -126,20 +144,21 @@ test('an exception in a handler answers a plain 500, is recorded on the server s
   for (let i = 0; i < 2 * before.length; i += 1) expect((await get(port, '/items/1')).status).toBe(200);
   const after = await workers(APP);
   expect(after.map((p) => [p.pm_id, p.pid, p.restarts, p.status])).toEqual(before.map((p) => [p.pm_id, p.pid, p.restarts, 'online']));
-  // Logged once per error, with the request.
-  const logged = pm2.errLog().split('\n').filter((l) => l.includes('"msg":"request failed"') && l.includes('"path":"/_test/error"'));
-  expect(logged).toHaveLength(N);
+  // Logged once per error, with the request (each line is written before its answer, PM2 copies it to its file later).
+  const logged = (): string[] => pm2.errLog().split('\n').filter((l) => l.includes('"msg":"request failed"') && l.includes('"path":"/_test/error"'));
+  await waitUntil(() => `${N} "request failed" lines, got ${logged().length}`, () => logged().length >= N, 10_000);
+  expect(logged()).toHaveLength(N);
 });
 
 test('an uncaught exception: the worker flushes its spans and exits, PM2 replaces it with an instrumented worker, the other serves throughout', async () => {
   // Spans are exported only by a flush here: the batch delay is longer than
   // the test, and the batch size larger than anything it sends.
   const app = 'e2e-faults-flush';
-  const appPort = await freePort();
-  await pm2.run(['start', 'ecosystem.config.js'], {
-    env: appEnv(app, appPort, { OTEL_BSP_SCHEDULE_DELAY: '60000', OTEL_BSP_MAX_QUEUE_SIZE: '8192', OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '8192' }),
+  const { port: appPort, workers: before } = await startFaultsApp(app, {
+    OTEL_BSP_SCHEDULE_DELAY: '60000',
+    OTEL_BSP_MAX_QUEUE_SIZE: '8192',
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '8192',
   });
-  const before = await pm2.waitOnline(app, 2);
 
   // N requests on fresh connections; /_test/stats says which worker answered.
   const N = 20;
@@ -153,7 +172,7 @@ test('an uncaught exception: the worker flushes its spans and exits, PM2 replace
   expect(new Set(servedBy.keys())).toEqual(new Set(before.map((p) => p.pid)));
 
   const load = startLoad({ port: appPort, keepAliveClients: 0, oneShotClients: 3, firstId: 500_000, pauseMs: 5 });
-  await sleep(500);
+  await answersMore(load, 20, 'before the crash');
   const crash = await get(appPort, '/_test/uncaught');
   expect(crash.status).toBe(202);
   const crashedPid = (JSON.parse(crash.body) as { pid: number }).pid;
@@ -162,7 +181,8 @@ test('an uncaught exception: the worker flushes its spans and exits, PM2 replace
   expect(crashed).toBeDefined();
 
   // Only the crash flush can deliver these now: every /_test/stats span of the
-  // crashed worker arrives, and none of the other (it still holds its own).
+  // crashed worker arrives, and none of the other (it still holds its own: its
+  // batch delay outlasts the test, and they arrive when it stops, below).
   const fromCrashed = (all: ReceivedSpan[]): ReceivedSpan[] => all.filter((s) => isServer(s, '/_test/stats') && pidOf(s) === crashedPid);
   const spans = await waitForSpans((all) => fromCrashed(all).length >= servedBy.get(crashedPid)! && all.some((s) => isServer(s, '/_test/uncaught')), 15_000);
   expect(fromCrashed(spans)).toHaveLength(servedBy.get(crashedPid)!);
@@ -171,11 +191,12 @@ test('an uncaught exception: the worker flushes its spans and exits, PM2 replace
 
   const replacement = await waitReplaced(app, crashed);
   expect(replacement.restarts).toBe(crashed.restarts + 1);
-  await sleep(500);
+  // The load runs on with the replacement in place.
+  await answersMore(load, 20, 'after the replacement');
   const result = await load.stop();
   expect(result.errors).toEqual([]);
   expect(result.failed).toBe(0);
-  expect(result.ok).toBeGreaterThan(50);
+  expect(result.ok).toBe(result.sent);
 
   const after = await workers(app);
   expect(after.find((p) => p.pm_id === survivor.pm_id)).toMatchObject({ pid: survivor.pid, restarts: survivor.restarts, status: 'online' });
@@ -193,13 +214,14 @@ test('an uncaught exception: the worker flushes its spans and exits, PM2 replace
   expect(matched).toHaveLength(answered.size);
   expect(new Set(matched.map(pidOf))).toEqual(new Set([crashedPid, survivor.pid, replacement.pid]));
   expect(new Set(all.map((s) => s.resource['service.name']))).toEqual(new Set([SERVICE]));
-  await pm2.run(['delete', app]);
+  expect(all.filter((s) => isServer(s, '/_test/stats') && pidOf(s) === survivor.pid)).toHaveLength(servedBy.get(survivor.pid)!);
 });
 
 test('an unhandled rejection: the worker exits, PM2 replaces it with an instrumented worker, the other serves throughout', async () => {
-  const before = await pm2.waitOnline(APP, 2);
+  const APP = 'e2e-faults-rejection';
+  const { port, workers: before } = await startFaultsApp(APP);
   const load = startLoad({ port, keepAliveClients: 0, oneShotClients: 3, firstId: 600_000, pauseMs: 5 });
-  await sleep(300);
+  await answersMore(load, 20, 'before the rejection');
   const res = await get(port, '/_test/rejection');
   expect(res.status).toBe(202);
   const rejectedPid = (JSON.parse(res.body) as { pid: number }).pid;
@@ -209,23 +231,24 @@ test('an unhandled rejection: the worker exits, PM2 replaces it with an instrume
 
   const replacement = await waitReplaced(APP, rejected);
   expect(replacement.restarts).toBe(rejected.restarts + 1);
-  await sleep(500);
+  await answersMore(load, 20, 'after the replacement');
   const result = await load.stop();
   expect(result.errors).toEqual([]);
   expect(result.failed).toBe(0);
-  expect(result.ok).toBeGreaterThan(50);
+  expect(result.ok).toBe(result.sent);
 
   const after = await workers(APP);
   expect(after.find((p) => p.pm_id === survivor.pm_id)).toMatchObject({ pid: survivor.pid, restarts: survivor.restarts, status: 'online' });
   expect(await crashLines('unhandled rejection', rejectedPid)).toBe(1);
 
-  const span = await spanFrom(replacement.pid, 610_000);
+  const span = await spanFrom(port, replacement.pid, 610_000);
   expect(span.resource['service.name']).toBe(SERVICE);
   expect(span.name).toBe('GET /items/:id');
 });
 
 test('SIGKILL of a worker: PM2 replaces it with an instrumented worker; only requests in flight on it can fail', async () => {
-  const before = await pm2.waitOnline(APP, 2);
+  const APP = 'e2e-faults-sigkill';
+  const { port, workers: before } = await startFaultsApp(APP);
   const [killed, survivor] = before as [Pm2ProcessInfo, Pm2ProcessInfo];
   const CLIENTS = 3;
 
@@ -236,34 +259,40 @@ test('SIGKILL of a worker: PM2 replaces it with an instrumented worker; only req
   // primary closes its copy of a handed-over socket only when the worker
   // acknowledges it: Node's lib/internal/cluster/round_robin_handle.js).
   const during = startLoad({ port, keepAliveClients: 0, oneShotClients: CLIENTS, firstId: 700_000, pauseMs: 5 });
-  await sleep(500);
+  await answersMore(during, 20, 'before the kill');
   process.kill(killed.pid, 'SIGKILL');
   // `afterKill` starts once PM2 (the cluster primary) has seen the worker go:
   // from then on every connection goes to the surviving worker (or the
   // replacement), and none may fail.
-  for (let i = 0; i < 100; i += 1) {
-    const now = (await workers(APP)).find((p) => p.pm_id === killed.pm_id);
-    if (now?.pid !== killed.pid || now.status !== 'online') break;
-    await sleep(50);
-  }
+  await waitUntil(
+    `PM2 to see ${killed.pid} go`,
+    async () => {
+      const now = (await workers(APP)).find((p) => p.pm_id === killed.pm_id);
+      return now?.pid !== killed.pid || now.status !== 'online';
+    },
+    10_000,
+    50,
+  );
   const afterKill = startLoad({ port, keepAliveClients: 0, oneShotClients: CLIENTS, firstId: 800_000, pauseMs: 5 });
 
   const replacement = await waitReplaced(APP, killed);
   expect(replacement.restarts).toBe(killed.restarts + 1);
-  await sleep(500);
+  // Both loads run on with the replacement in place.
+  await Promise.all([answersMore(during, 20, 'after the replacement'), answersMore(afterKill, 20, 'after the replacement')]);
   const [duringResult, afterResult] = await Promise.all([during.stop(), afterKill.stop()]);
 
   expect(duringResult.failed).toBeLessThanOrEqual(CLIENTS);
-  expect(duringResult.errors.every((e) => !/HTTP \d+/.test(e))).toBe(true);
-  expect(duringResult.ok).toBeGreaterThan(50);
+  // Those failures are lost connections, never an HTTP error status.
+  expect(duringResult.errors.filter((e) => /HTTP \d+/.test(e))).toEqual([]);
+  expect(duringResult.ok + duringResult.failed).toBe(duringResult.sent);
   expect(afterResult.errors).toEqual([]);
   expect(afterResult.failed).toBe(0);
-  expect(afterResult.ok).toBeGreaterThan(50);
+  expect(afterResult.ok).toBe(afterResult.sent);
 
   const after = await workers(APP);
   expect(after.find((p) => p.pm_id === survivor.pm_id)).toMatchObject({ pid: survivor.pid, restarts: survivor.restarts, status: 'online' });
 
-  const span = await spanFrom(replacement.pid, 810_000);
+  const span = await spanFrom(port, replacement.pid, 810_000);
   expect(span.resource['service.name']).toBe(SERVICE);
   expect(span.name).toBe('GET /items/:id');
 });

@@ -17,7 +17,7 @@ export interface Child {
   stderr(): string;
   /** Resolves with the first stdout line matching `pattern`. */
   waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
-  /** Resolves when the process exits, with its code or signal. */
+  /** Resolves when the process has exited and its output is all read, with its code or signal. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Kills it if still running (SIGKILL) and waits for the exit. */
   stop(): Promise<void>;
@@ -31,13 +31,16 @@ export function startChild(script: string, env: Record<string, string>, options:
   let out = '';
   let err = '';
   const waiters = new Set<() => void>();
+  let closed = false;
   child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
     out += chunk;
     for (const wake of waiters) wake();
   });
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (err += chunk));
+  // 'close', not 'exit': only then has all of the child's output been read.
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => {
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => {
+      closed = true;
       for (const wake of waiters) wake();
       resolve({ code, signal });
     }),
@@ -53,7 +56,7 @@ export function startChild(script: string, env: Record<string, string>, options:
         const check = (): boolean => {
           const line = out.split('\n').find((l) => pattern.test(l));
           if (line === undefined) {
-            if (child.exitCode === null && child.signalCode === null) return false;
+            if (!closed) return false;
             cleanup();
             reject(new Error(`process exited before printing ${pattern}\nstdout:\n${out}\nstderr:\n${err}`));
             return true;

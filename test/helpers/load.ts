@@ -19,6 +19,8 @@ export interface LoadResult {
 }
 
 export interface Load {
+  /** Counts so far, while the load runs: for awaiting progress instead of sleeping. */
+  progress(): { sent: number; ok: number; failed: number };
   stop(): Promise<LoadResult>;
 }
 
@@ -67,6 +69,7 @@ export function startLoad(options: { port: number; keepAliveClients: number; one
   ];
 
   return {
+    progress: () => ({ sent: result.sent, ok: result.ok, failed: result.failed }),
     async stop() {
       running = false;
       await Promise.all(clients);

@@ -168,10 +168,16 @@ describe('JsonLineSpanExporter', () => {
 
   it('stops writing spans once its provider is shut down', async () => {
     const exporter = new JsonLineSpanExporter();
-    const provider = new TracerProvider({ resource: RESOURCE, spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+    const processor = new SimpleSpanProcessor({ exporter });
+    const provider = new TracerProvider({ resource: RESOURCE, spanProcessors: [processor] });
+    // The processor exports asynchronously: each check awaits what it has in flight.
+    provider.getTracer('early').startSpan('before shutdown').end();
+    await processor.forceFlush();
+    expect(spanLines().map((line) => line.name)).toEqual(['before shutdown']);
     await provider.shutdown();
     provider.getTracer('late').startSpan('after shutdown').end();
-    expect(stdout).not.toHaveBeenCalled();
+    await processor.forceFlush();
+    expect(spanLines().map((line) => line.name)).toEqual(['before shutdown']);
   });
 
   it('resolves forceFlush', async () => {

@@ -162,13 +162,16 @@ describe('RateLimitedDiagLogger', () => {
   it('redacts a secret that contains another, shorter secret', () => {
     const logger = new RateLimitedDiagLogger(['acme', 'acme-token-S3CR3T']);
     logger.error('rejected token acme-token-S3CR3T');
+    expect(lines().map((line) => line.msg)).toEqual(['otel: rejected token ***']);
     expect(output()).not.toContain('S3CR3T');
   });
 
   it('redacts a secret that contains a tab or repeated spaces', () => {
     const logger = new RateLimitedDiagLogger(['Basic\tS3CR3T', 'Token  S3CR3T2']);
     logger.error('rejected Basic\tS3CR3T');
-    logger.error('rejected Token  S3CR3T2');
+    // Another message: the same one would be rate-limited, and the second secret never written.
+    logger.error('refused Token  S3CR3T2');
+    expect(lines().map((line) => line.msg)).toEqual(['otel: rejected ***', 'otel: refused ***']);
     expect(output()).not.toContain('S3CR3T');
   });
 });

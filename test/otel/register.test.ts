@@ -50,11 +50,13 @@ describe('exporting', () => {
     const port = await listeningPort(child);
     expect((await get(port, '/items/5')).body).toBe('{"item_id":5}');
     expect((await get(port, '/items/nope')).status).toBe(422);
-    expect(receiver.spans).toHaveLength(0);
 
+    // The batch delay (60 s) outlasts the test (its timeout): what arrives, the flush sent.
     child.process.kill('SIGINT');
     expect(await child.exited).toEqual({ code: 0, signal: null });
     const server = receiver.spans.filter((s) => s.kind === 2);
+    // In one export: the flush's.
+    expect(receiver.requests.map((r) => r.spanCount)).toEqual([receiver.spans.length]);
     expect(server.map((s) => [s.name, s.attributes['url.path'], s.attributes['http.response.status_code']])).toEqual([
       ['GET /items/:id', '/items/5', 200],
       ['GET /items/:id', '/items/nope', 422],
@@ -75,27 +77,32 @@ describe('exporting', () => {
       OTEL_LOG_LEVEL: 'debug',
     });
     const port = await listeningPort(child);
-    await get(port, '/items/1');
+    expect((await get(port, '/items/1')).status).toBe(200);
     await receiver.waitFor((spans) => spans.some((s) => s.kind === 2), 10_000);
     const request = receiver.requests.find((r) => r.transport === 'http');
     expect(request?.headers.authorization).toBe(`Basic ${SECRET}==`);
     expect(request?.headers['x-tenant']).toBe('team/a');
     child.process.kill('SIGINT');
-    await child.exited;
+    expect(await child.exited).toEqual({ code: 0, signal: null });
+    // All of its output, to the last line (SDK debug lines included), without the secret.
+    expect(child.stdout()).toContain('"msg":"shutting down"');
+    expect(child.stderr()).toContain('otel: ');
     expect(child.stdout() + child.stderr()).not.toContain(SECRET);
   });
 
   test('writes one JSON line per span to stdout when no endpoint is set', async () => {
     const child = startServer({ OTEL_SERVICE_NAME: 'preload-console', OTEL_BSP_SCHEDULE_DELAY: '60000' });
     const port = await listeningPort(child);
-    await get(port, '/items/3');
+    expect((await get(port, '/items/3')).status).toBe(200);
     child.process.kill('SIGINT');
-    await child.exited;
+    expect(await child.exited).toEqual({ code: 0, signal: null });
     const lines = child.stdout().split('\n').filter((line) => line.startsWith('otel.span '));
     const spans = lines.map((line) => JSON.parse(line.slice('otel.span '.length)) as Record<string, unknown>);
-    const server = spans.find((s) => s.kind === 'SERVER');
-    expect(server).toMatchObject({ name: 'GET /items/:id', 'service.name': 'preload-console', attributes: { 'http.route': '/items/:id' } });
-    expect(receiver.requests).toHaveLength(0);
+    expect(spans.filter((s) => s.kind === 'SERVER')).toMatchObject([
+      { name: 'GET /items/:id', 'service.name': 'preload-console', attributes: { 'http.route': '/items/:id' } },
+    ]);
+    // Console only: no OTLP exporter tried the default endpoint (it would have said it cannot export).
+    expect(child.stderr()).toBe('');
   });
 
   test('outgoing http and fetch calls carry the trace context', async () => {
@@ -138,8 +145,13 @@ describe('exporting', () => {
     const downstream = JSON.parse(response.body) as { via: string; traceparent: string | null }[];
     expect(downstream.map((d) => d.via)).toEqual(['/via-http', '/via-fetch']);
     for (const call of downstream) expect(call.traceparent).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
+    // A sampled request after it: its spans (upstream server, two clients, two downstream servers),
+    // flushed at SIGTERM, show that the exporter worked.
+    const marker = '5ce0e9a56015fec5aadfa328ae398115';
+    expect((await get(port, '/', { traceparent: `00-${marker}-00f067aa0ba902b7-01` })).status).toBe(200);
     child.process.kill('SIGTERM');
     await child.exited;
+    expect(receiver.spans.filter((s) => s.traceId === marker).map((s) => s.kind).sort()).toEqual([2, 2, 2, 3, 3]);
     expect(receiver.spans.filter((s) => s.traceId === traceId)).toEqual([]);
   });
 });
@@ -215,14 +227,16 @@ describe('a bad setting', () => {
   ])('%s yields one clear line and a serving, uninstrumented app', async (variable, env) => {
     const child = startServer(env);
     const port = await listeningPort(child);
-    expect((await get(port, '/')).status).toBe(200);
+    expect((await get(port, '/items/1')).status).toBe(200);
+    child.process.kill('SIGINT');
+    expect(await child.exited).toEqual({ code: 0, signal: null });
+    // All of its output, read after the exit: one line, and no span, even from the flush at exit.
     const lines = child.stderr().trim().split('\n');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toContain(variable);
     expect(lines[0]).toContain('telemetry is off');
     expect(child.stderr()).not.toContain(SECRET);
-    child.process.kill('SIGINT');
-    await child.exited;
+    expect(child.stdout()).toContain('"msg":"shutting down"');
     expect(child.stdout()).not.toContain('otel.span');
   });
 });
