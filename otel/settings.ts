@@ -18,6 +18,8 @@ export interface OtlpSettings {
   readonly url: string;
   /** Decoded header names and values. Values are secrets: never log them. */
   readonly headers: Readonly<Record<string, string>>;
+  /** How long the exporter waits for one export (OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT). */
+  readonly timeoutMillis: number;
 }
 
 export interface TelemetrySettings {
@@ -203,7 +205,11 @@ function otlpSettings(env: Env): OtlpSettings {
     ...parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_HEADERS')),
     ...parseHeaders('OTEL_EXPORTER_OTLP_TRACES_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS')),
   };
-  return { protocol, url: target, headers };
+  // The exporter reads the same variables; the outage wrapper needs the value too.
+  const timeoutVar = text(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ? 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT' : 'OTEL_EXPORTER_OTLP_TIMEOUT';
+  const timeoutMillis = nonNegative(env, timeoutVar, 10000);
+  if (timeoutMillis === 0) throw new TelemetryConfigError(`${timeoutVar} must be a positive integer (milliseconds), got "0"`);
+  return { protocol, url: target, headers, timeoutMillis };
 }
 
 function exporterNames(env: Env): TraceExporterName[] {
