@@ -207,8 +207,11 @@ function otlpSettings(env: Env): OtlpSettings {
   };
   // The exporter reads the same variables; the outage wrapper needs the value too.
   const timeoutVar = text(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ? 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT' : 'OTEL_EXPORTER_OTLP_TIMEOUT';
-  const timeoutMillis = nonNegative(env, timeoutVar, 10000);
-  if (timeoutMillis === 0) throw new TelemetryConfigError(`${timeoutVar} must be a positive integer (milliseconds), got "0"`);
+  const timeoutText = text(env, timeoutVar);
+  if (timeoutText !== undefined && !/^0*[1-9]\d*$/.test(timeoutText)) {
+    throw new TelemetryConfigError(`${timeoutVar} must be a positive integer (milliseconds), got "${timeoutText}"`);
+  }
+  const timeoutMillis = timeoutText === undefined ? 10000 : Number(timeoutText);
   return { protocol, url: target, headers, timeoutMillis };
 }
 
