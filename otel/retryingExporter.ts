@@ -93,6 +93,8 @@ export class RetryingExporter implements SpanExporter {
   private outageStartedAt: number | undefined;
   private outageDelivered = 0;
   private outageDropped = 0;
+  /** Spans dropped outside an outage, since start (see hold()). */
+  private behindDropped = 0;
   private lastDropReport = 0;
   /** When the last outage was reported, and how many outages since went unreported (a flapping collector). */
   private lastOutageReport = -Infinity;
@@ -132,8 +134,8 @@ export class RetryingExporter implements SpanExporter {
     this.stats.failures += 1;
     this.renewInner();
     this.outageStartedAt = Date.now();
-    // Spans dropped just before (while the failed export was in flight) belong to this outage.
     this.outageDelivered = 0;
+    this.outageDropped = 0;
     // A flapping collector starts an outage every few seconds: report at most
     // one start per 30 s; the next report counts the ones in between.
     this.outageReported = this.outageStartedAt - this.lastOutageReport >= 30_000;
@@ -160,12 +162,19 @@ export class RetryingExporter implements SpanExporter {
       // a batch is never larger than the hold (readSettings checks it).
       this.held.splice(this.inFlight, excess);
       this.drop(excess);
-      this.outageDropped += excess;
+      // Outside an outage: an export is taking long, and more spans ended meanwhile than the hold keeps.
+      const inOutage = this.outageStartedAt !== undefined;
+      if (inOutage) this.outageDropped += excess;
+      else this.behindDropped += excess;
       const now = Date.now();
       if (now - this.lastDropReport >= 30_000) {
         this.lastDropReport = now;
-        const why = this.outageStartedAt === undefined ? 'collector slower than spans are ended' : 'collector still unreachable';
-        this.options.report('warn', `${why}: dropped ${this.outageDropped} spans so far (more than ${this.options.maxHeldSpans} held)`);
+        this.options.report(
+          'warn',
+          inOutage
+            ? `collector still unreachable: dropped ${this.outageDropped} spans so far (more than ${this.options.maxHeldSpans} held)`
+            : `collector at ${this.options.target} slower than spans are ended: dropped ${this.behindDropped} spans so far (more than ${this.options.maxHeldSpans} held)`,
+        );
       }
     }
   }
@@ -283,22 +292,17 @@ export class RetryingExporter implements SpanExporter {
   }
 
   private endOutage(): void {
-    if (this.outageStartedAt !== undefined) {
-      const seconds = ((Date.now() - this.outageStartedAt) / 1000).toFixed(1);
-      // An unreported brief outage ends in silence unless it lost spans.
-      if (this.outageReported || this.outageDropped > 0) {
-        this.options.report(
-          'info',
-          `export to ${this.options.target} recovered after ${seconds} s: delivered ${this.outageDelivered} held spans, dropped ${this.outageDropped}`,
-        );
-      }
-      this.outageStartedAt = undefined;
-      this.delayMs = this.options.initialDelayMs ?? 500;
-    } else if (this.outageDropped > 0) {
-      this.options.report('info', `export to ${this.options.target} caught up: dropped ${this.outageDropped} spans while it was behind`);
+    if (this.outageStartedAt === undefined) return;
+    const seconds = ((Date.now() - this.outageStartedAt) / 1000).toFixed(1);
+    // An unreported brief outage ends in silence unless it lost spans.
+    if (this.outageReported || this.outageDropped > 0) {
+      this.options.report(
+        'info',
+        `export to ${this.options.target} recovered after ${seconds} s: delivered ${this.outageDelivered} held spans, dropped ${this.outageDropped}`,
+      );
     }
-    this.outageDelivered = 0;
-    this.outageDropped = 0;
+    this.outageStartedAt = undefined;
+    this.delayMs = this.options.initialDelayMs ?? 500;
     this.lastDropReport = 0;
   }
 

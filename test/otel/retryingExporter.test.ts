@@ -188,6 +188,18 @@ describe('RetryingExporter and a collector that hangs', () => {
     expect(exporter.getStats()).toMatchObject({ held: 0, delivered: 10, dropped: 0 });
   });
 
+  test('while an export hangs, spans beyond the hold are dropped (never the batch in flight), counted and reported: every span counted once', () => {
+    const { exporter: inner } = hanging();
+    const lines: string[] = [];
+    const exporter = new RetryingExporter(inner, { maxHeldSpans: 30, maxBatchSize: 10, exportTimeoutMs: 60_000, target: 'c', report: (_l, m) => lines.push(m) });
+    for (let i = 0; i < 5; i += 1) exporter.export(spans(10), () => undefined);
+    expect(exporter.getStats()).toMatchObject({ held: 30, dropped: 20, delivered: 0 });
+    expect(lines).toEqual(['collector at c slower than spans are ended: dropped 10 spans so far (more than 30 held)']);
+    expect(exporter.abandon()).toBe(30);
+    const stats = exporter.getStats();
+    expect(stats.delivered + stats.dropped).toBe(50);
+  });
+
   test('abandon() at the shutdown deadline reports the spans held and in flight, exactly, and lets shutdown finish', async () => {
     const { calls, exporter: inner } = hanging();
     const lines: string[] = [];
