@@ -29,10 +29,14 @@ import { readSettings, secretsIn, TelemetryConfigError, type TelemetrySettings }
 /** Shared with `src/telemetry.ts`, which describes the contract. */
 const TELEMETRY_HOOK = Symbol.for('koa-pm2-otel.telemetry');
 
-function withTimeout(work: Promise<unknown>, ms: number): Promise<void> {
+/**
+ * Waits for `work` at most `ms`; then calls `giveUp`, which reports what is
+ * lost and returns whether it did, and resolves.
+ */
+function withTimeout(work: Promise<unknown>, ms: number, giveUp: () => boolean): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
-      writeLine('warn', `telemetry flush did not finish within ${ms} ms; unsent spans are lost`);
+      if (!giveUp()) writeLine('warn', `telemetry flush did not finish within ${ms} ms; unsent spans are lost`);
       resolve();
     }, ms);
     work.then(
@@ -65,6 +69,9 @@ function createExporter(name: string, settings: TelemetrySettings, secrets: read
   const exporter = new RetryingExporter(createOtlpExporter(otlp), {
     maxHeldSpans: settings.batch.maxQueueSize,
     maxBatchSize: settings.batch.maxExportBatchSize,
+    // OTEL_BSP_EXPORT_TIMEOUT bounds an export too (the spec's longest time to
+    // export a batch), though the processor itself no longer waits on it.
+    exportTimeoutMs: settings.batch.exportTimeoutMillis > 0 ? Math.min(otlp.timeoutMillis, settings.batch.exportTimeoutMillis) : otlp.timeoutMillis,
     target: `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`,
     report: (level, message) => writeLine(level, maskSecrets(message, secrets)),
     renew: () => createOtlpExporter(otlp),
@@ -145,7 +152,15 @@ function start(): void {
 
   let stopping: Promise<void> | undefined;
   const hook = {
-    shutdown: (ms: number) => (stopping ??= withTimeout(sdk.shutdown(), ms)),
+    // Past the budget, the OTLP exporters stop waiting for a collector that
+    // hangs and report, in the words of any other loss, how many spans they
+    // held or had in flight: the worker exits in time, and says what it lost.
+    shutdown: (ms: number) =>
+      (stopping ??= withTimeout(sdk.shutdown(), ms, () => {
+        let reported = false;
+        for (const exporter of retryingExporters) reported = exporter.abandon() > 0 || reported;
+        return reported;
+      })),
     stats: () => {
       const totals = { delivered: 0, dropped: 0, held: 0 };
       for (const exporter of retryingExporters) {

@@ -7,17 +7,28 @@
  * restart or a network blip of a few seconds thus loses every span of that
  * time, in silence unless OTEL_LOG_LEVEL is raised, and floods the log if it is.
  *
- * This wrapper sits between the BatchSpanProcessor and the OTLP exporter.
- * While exports succeed it is transparent (the processor waits for each
- * export, as usual). When one fails it holds the spans, answers the processor
- * at once (so the processor never blocks and its queue does not fill), and
- * retries with exponential backoff; spans ended meanwhile join the held ones,
- * up to `maxHeldSpans`, beyond which the oldest are dropped and counted. Held
- * spans go out, oldest first, as soon as the collector answers again.
+ * This wrapper sits between the BatchSpanProcessor and the OTLP exporter. It
+ * takes each batch into its own queue (the hold) and answers the processor at
+ * once, so the processor never waits on the network and its own queue never
+ * fills (spans it dropped there would be in no count); it sends the hold,
+ * oldest first, one export at a time. When an export fails, or gets no
+ * answer within `exportTimeoutMs` (a collector that accepts the connection
+ * and hangs is an outage too), it keeps the spans and retries with
+ * exponential backoff; spans ended meanwhile join the held ones,
+ * up to `maxHeldSpans`, beyond which the oldest are dropped and counted.
+ *
+ * Each span is counted once, by what became of it here: delivered (its
+ * export was answered success in time), dropped, or not delivered at
+ * shutdown. An export that timed out is a failed one whatever its late answer
+ * says: its spans are sent again, so the collector may receive them twice
+ * (OTLP is at-least-once), but they are counted once.
  *
  * The outage costs a handful of log lines: one when it starts, one every 30 s
  * while spans are being dropped, one when it ends with what was delivered and
- * dropped, and one at shutdown if spans are still held.
+ * dropped, and one at shutdown if spans are still held. At shutdown the
+ * preload gives the flush a budget; past it, `abandon()` stops waiting for a
+ * hanging export and reports the spans held or in flight, so the worker
+ * exits in time with an exact count.
  */
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
@@ -25,11 +36,18 @@ import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 export interface RetryOptions {
   /** Most spans held during an outage; the memory bound. */
   readonly maxHeldSpans: number;
-  /** Most spans sent in one export while catching up. */
+  /** Most spans sent in one export. */
   readonly maxBatchSize: number;
   /** First retry delay; doubles up to maxDelayMs. */
   readonly initialDelayMs?: number;
   readonly maxDelayMs?: number;
+  /**
+   * Longest wait for one export's answer; then it counts as failed. The OTLP
+   * exporters have timeouts of their own, but an HTTP one is an idle timeout
+   * (a collector trickling bytes never trips it), and the batch processor
+   * gives up on an export without failing it; this one always fires.
+   */
+  readonly exportTimeoutMs?: number;
   /** Where the exporter sends to, for log lines (never with credentials). */
   readonly target: string;
   readonly report: (level: 'info' | 'warn' | 'error', message: string) => void;
@@ -61,21 +79,30 @@ function describe(error: unknown): string {
 }
 
 export class RetryingExporter implements SpanExporter {
+  /** Spans not yet delivered, oldest first; the first `inFlight` of them are being exported. */
   private held: ReadableSpan[] = [];
-  /** How many of the oldest held spans sendHeld is exporting right now. */
   private inFlight = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private delayMs: number;
-  private sending: Promise<void> | undefined;
+  /** forceFlush() callers waiting for the pump to stop. */
+  private idleWaiters: Array<() => void> = [];
+  /** Ends the export in flight at once (with a failure), for abandon(). */
+  private settleInFlight: ((result: ExportResult) => void) | undefined;
+  /** Exports of the current inner exporter that have not answered yet, even if we stopped waiting. */
+  private innerPending = 0;
   private outageStartedAt: number | undefined;
   private outageDelivered = 0;
   private outageDropped = 0;
+  /** Spans dropped outside an outage, since start (see hold()). */
+  private behindDropped = 0;
   private lastDropReport = 0;
   /** When the last outage was reported, and how many outages since went unreported (a flapping collector). */
   private lastOutageReport = -Infinity;
   private outageReported = false;
   private quietOutages = 0;
   private stopped = false;
+  /** Whether the spans not delivered at shutdown were counted and reported. */
+  private reportedAtShutdown = false;
   private stats = { delivered: 0, dropped: 0, failures: 0 };
 
   constructor(
@@ -95,25 +122,12 @@ export class RetryingExporter implements SpanExporter {
       resultCallback({ code: ExportResultCode.FAILED, error: new Error('exporter is shut down') });
       return;
     }
-    if (this.outageStartedAt !== undefined) {
-      // Keep order: while spans are held, new ones queue behind them.
-      this.hold(spans);
-      resultCallback({ code: ExportResultCode.SUCCESS });
-      return;
-    }
-    this.inner.export(spans, (result) => {
-      if (result.code === ExportResultCode.SUCCESS) {
-        this.stats.delivered += spans.length;
-      } else if (isPermanent(result.error)) {
-        this.drop(spans.length);
-        this.options.report('error', `collector at ${this.options.target} refused ${spans.length} spans: ${describe(result.error)}; they are dropped`);
-      } else {
-        this.startOutage(result.error);
-        this.hold(spans);
-      }
-      // The spans are delivered, dropped with a report, or ours to retry.
-      resultCallback({ code: ExportResultCode.SUCCESS });
-    });
+    // Keep order: new spans queue behind the held ones.
+    this.hold(spans);
+    // The spans are ours now: delivered, dropped with a report, or reported at shutdown.
+    resultCallback({ code: ExportResultCode.SUCCESS });
+    // During an outage, the retry timer sends them.
+    if (this.outageStartedAt === undefined) this.pump();
   }
 
   private startOutage(error: unknown): void {
@@ -148,11 +162,19 @@ export class RetryingExporter implements SpanExporter {
       // a batch is never larger than the hold (readSettings checks it).
       this.held.splice(this.inFlight, excess);
       this.drop(excess);
-      this.outageDropped += excess;
+      // Outside an outage: an export is taking long, and more spans ended meanwhile than the hold keeps.
+      const inOutage = this.outageStartedAt !== undefined;
+      if (inOutage) this.outageDropped += excess;
+      else this.behindDropped += excess;
       const now = Date.now();
       if (now - this.lastDropReport >= 30_000) {
         this.lastDropReport = now;
-        this.options.report('warn', `collector still unreachable: dropped ${this.outageDropped} spans so far (more than ${this.options.maxHeldSpans} held)`);
+        this.options.report(
+          'warn',
+          inOutage
+            ? `collector still unreachable: dropped ${this.outageDropped} spans so far (more than ${this.options.maxHeldSpans} held)`
+            : `collector at ${this.options.target} slower than spans are ended: dropped ${this.behindDropped} spans so far (more than ${this.options.maxHeldSpans} held)`,
+        );
       }
     }
   }
@@ -162,6 +184,7 @@ export class RetryingExporter implements SpanExporter {
     if (this.options.renew === undefined || this.stopped) return;
     const old = this.inner;
     this.inner = this.options.renew();
+    this.innerPending = 0;
     void old.shutdown().catch(() => undefined);
   }
 
@@ -176,45 +199,96 @@ export class RetryingExporter implements SpanExporter {
     this.delayMs = Math.min(this.delayMs * 2, this.options.maxDelayMs ?? 5000);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
-      void this.sendHeld();
+      this.pump();
     }, delay);
     // A pending retry must not keep an otherwise finished process alive.
     this.retryTimer.unref();
   }
 
-  /** Sends held spans oldest first; resolves when all went out or one export failed. */
-  private sendHeld(): Promise<void> {
-    this.sending ??= (async () => {
-      while (this.held.length > 0) {
-        const batch = this.held.slice(0, this.options.maxBatchSize);
-        this.inFlight = batch.length;
-        let result: ExportResult;
-        try {
-          result = await new Promise<ExportResult>((resolve) => this.inner.export(batch, resolve));
-        } finally {
-          this.inFlight = 0;
-        }
-        if (result.code !== ExportResultCode.SUCCESS && !isPermanent(result.error)) {
+  /**
+   * Exports `batch` once and calls `done` with its answer, or with a failure
+   * once `exportTimeoutMs` has passed or abandon() is called; an answer after
+   * that is ignored (see the class comment).
+   */
+  private exportOnce(batch: ReadableSpan[], done: (result: ExportResult) => void): void {
+    const inner = this.inner;
+    let timer: NodeJS.Timeout | undefined;
+    let settled = false;
+    const settle = (result: ExportResult): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (this.settleInFlight === settle) this.settleInFlight = undefined;
+      done(result);
+    };
+    const timeoutMs = this.options.exportTimeoutMs;
+    if (timeoutMs !== undefined && timeoutMs > 0) {
+      timer = setTimeout(() => settle({ code: ExportResultCode.FAILED, error: new Error(`no answer within ${timeoutMs} ms`) }), timeoutMs);
+    }
+    this.settleInFlight = settle;
+    this.innerPending += 1;
+    const answered = (result: ExportResult): void => {
+      if (inner === this.inner) this.innerPending -= 1;
+      settle(result);
+    };
+    try {
+      inner.export(batch, answered);
+    } catch (error) {
+      answered({ code: ExportResultCode.FAILED, error: error instanceof Error ? error : new Error(String(error)) });
+    }
+  }
+
+  /**
+   * Sends held spans oldest first, one export at a time, until none is left
+   * or an export fails (then the retry timer takes over).
+   */
+  private pump(): void {
+    if (this.inFlight > 0) return; // its answer goes on
+    if (this.stopped || this.held.length === 0) {
+      if (!this.stopped) this.endOutage();
+      this.settleIdle();
+      return;
+    }
+    const batch = this.held.slice(0, this.options.maxBatchSize);
+    this.inFlight = batch.length;
+    this.exportOnce(batch, (result) => {
+      this.inFlight = 0;
+      // abandon() has counted and reported the batch with the rest.
+      if (this.reportedAtShutdown) return this.settleIdle();
+      if (result.code !== ExportResultCode.SUCCESS && !isPermanent(result.error)) {
+        if (this.outageStartedAt === undefined) {
+          this.startOutage(result.error);
+        } else {
           this.stats.failures += 1;
           this.renewInner();
           this.scheduleRetry();
-          return;
         }
-        // Still at the front: hold() drops only spans behind the batch in flight.
-        this.held.splice(0, batch.length);
-        if (result.code === ExportResultCode.SUCCESS) {
-          this.stats.delivered += batch.length;
-          this.outageDelivered += batch.length;
-        } else {
-          this.drop(batch.length);
-          this.outageDropped += batch.length;
-        }
+        return this.settleIdle();
       }
-      this.endOutage();
-    })().finally(() => {
-      this.sending = undefined;
+      // Still at the front: hold() drops only spans behind the batch in flight.
+      this.held.splice(0, batch.length);
+      if (result.code === ExportResultCode.SUCCESS) {
+        this.stats.delivered += batch.length;
+        this.outageDelivered += batch.length;
+      } else if (this.outageStartedAt === undefined) {
+        this.drop(batch.length);
+        this.options.report('error', `collector at ${this.options.target} refused ${batch.length} spans: ${describe(result.error)}; they are dropped`);
+      } else {
+        this.drop(batch.length);
+        this.outageDropped += batch.length;
+      }
+      // Not from within the answer: an exporter that answers at once would recurse per batch.
+      queueMicrotask(() => this.pump());
     });
-    return this.sending;
+  }
+
+  /** Resolves once the pump stops: nothing held, waiting for a retry, or stopped. */
+  private whenIdle(): Promise<void> {
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private settleIdle(): void {
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
   private endOutage(): void {
@@ -232,25 +306,55 @@ export class RetryingExporter implements SpanExporter {
     this.lastDropReport = 0;
   }
 
-  /** Tries once more to deliver held spans (at shutdown); the caller bounds the time. */
+  /** Tries once more to deliver held spans (at shutdown); the caller bounds the time, see abandon(). */
   async forceFlush(): Promise<void> {
-    if (this.held.length > 0) {
+    if (this.held.length > 0 && !this.stopped) {
       clearTimeout(this.retryTimer);
       this.retryTimer = undefined;
-      await this.sendHeld();
+      const idle = this.whenIdle();
+      this.pump();
+      await idle;
     }
-    await this.inner.forceFlush?.();
+    // An inner exporter's flush waits for its hanging exports too.
+    if (this.innerPending === 0) await this.inner.forceFlush?.();
+  }
+
+  /**
+   * At the flush deadline: stops waiting for the export in flight and for
+   * retries, counts the spans held or in flight as not delivered and reports
+   * them (once), so that a pending shutdown() finishes at once. Returns how
+   * many spans it reported.
+   */
+  abandon(): number {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    const count = this.reportUndelivered();
+    this.settleInFlight?.({ code: ExportResultCode.FAILED, error: new Error('given up at shutdown') });
+    this.settleIdle();
+    return count;
+  }
+
+  /** Counts and reports the spans still held (the batch in flight among them), once. */
+  private reportUndelivered(): number {
+    if (this.reportedAtShutdown) return 0;
+    this.reportedAtShutdown = true;
+    const count = this.held.length;
+    if (count > 0) {
+      this.drop(count);
+      this.options.report('error', `${count} spans not delivered at shutdown: collector at ${this.options.target} unreachable`);
+      this.held = [];
+    }
+    return count;
   }
 
   async shutdown(): Promise<void> {
     await this.forceFlush().catch(() => undefined);
     this.stopped = true;
     clearTimeout(this.retryTimer);
-    if (this.held.length > 0) {
-      this.drop(this.held.length);
-      this.options.report('error', `${this.held.length} spans not delivered at shutdown: collector at ${this.options.target} unreachable`);
-      this.held = [];
-    }
-    await this.inner.shutdown();
+    this.reportUndelivered();
+    // Its shutdown would wait for an export that hangs: let it finish on its own.
+    if (this.innerPending > 0) void this.inner.shutdown().catch(() => undefined);
+    else await this.inner.shutdown();
   }
 }

@@ -18,6 +18,8 @@ export interface OtlpSettings {
   readonly url: string;
   /** Decoded header names and values. Values are secrets: never log them. */
   readonly headers: Readonly<Record<string, string>>;
+  /** How long the exporter waits for one export (OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT). */
+  readonly timeoutMillis: number;
 }
 
 export interface TelemetrySettings {
@@ -204,7 +206,10 @@ function otlpSettings(env: Env): OtlpSettings {
     ...parseHeaders('OTEL_EXPORTER_OTLP_TRACES_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS')),
   };
   checkCompressionAndTimeout(env);
-  return { protocol, url: target, headers };
+  // The exporter reads the same variables; the outage wrapper needs the value too.
+  const timeoutText = text(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? text(env, 'OTEL_EXPORTER_OTLP_TIMEOUT');
+  const timeoutMillis = timeoutText === undefined ? 10000 : Number(timeoutText);
+  return { protocol, url: target, headers, timeoutMillis };
 }
 
 /**

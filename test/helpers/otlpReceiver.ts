@@ -90,6 +90,11 @@ export interface ReceiverOptions {
   httpPort?: number;
   /** HTTP paths that accept exports; default `['/v1/traces']`, anything else is a 404. */
   httpPaths?: string[];
+  /**
+   * Answer every export only this long after it arrived (a collector slower
+   * than the exporter's timeout); the spans are recorded on arrival. Unset: at once.
+   */
+  answerAfterMs?: number;
 }
 
 const GRPC_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
@@ -278,6 +283,16 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
   let failure: 'none' | 'unavailable' = 'none';
   const listeners = new Set<() => void>();
   const closers = new Set<(err: Error) => void>();
+  const answerTimers = new Set<NodeJS.Timeout>();
+  /** Runs `answer` now, or `answerAfterMs` later. */
+  const later = (answer: () => void): void => {
+    if (options.answerAfterMs === undefined) return answer();
+    const timer = setTimeout(() => {
+      answerTimers.delete(timer);
+      answer();
+    }, options.answerAfterMs);
+    answerTimers.add(timer);
+  };
 
   /** Records one decoded export; returns whether it was accepted. */
   const record = (transport: ReceivedRequest['transport'], path: string, headers: Record<string, string>, received: ReceivedSpan[]): boolean => {
@@ -311,8 +326,8 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
       }
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(call.metadata.getMap())) headers[k] = typeof v === 'string' ? v : v.toString('base64');
-      if (record('grpc', GRPC_EXPORT_PATH, headers, received)) callback(null, EMPTY_RESPONSE);
-      else callback({ code: grpc.status.UNAVAILABLE, details: 'test receiver is set to fail' });
+      if (record('grpc', GRPC_EXPORT_PATH, headers, received)) later(() => callback(null, EMPTY_RESPONSE));
+      else later(() => callback({ code: grpc.status.UNAVAILABLE, details: 'test receiver is set to fail' }));
     },
   });
 
@@ -336,8 +351,8 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
       }
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(req.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
-      if (!record('http', pathname, headers, received)) return reply(503, 'text/plain', 'test receiver is set to fail');
-      return isJson ? reply(200, 'application/json', '{}') : reply(200, 'application/x-protobuf', EMPTY_RESPONSE);
+      if (!record('http', pathname, headers, received)) return later(() => reply(503, 'text/plain', 'test receiver is set to fail'));
+      return later(() => (isJson ? reply(200, 'application/json', '{}') : reply(200, 'application/x-protobuf', EMPTY_RESPONSE)));
     })().catch((err: unknown) => {
       if (!res.headersSent) reply(500, 'text/plain', String(err));
     });
@@ -396,6 +411,8 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
     },
     async close() {
       for (const finish of [...closers]) finish(new Error('OTLP receiver closed while waiting for spans'));
+      for (const timer of answerTimers) clearTimeout(timer);
+      answerTimers.clear();
       const httpClosed = new Promise<void>((resolve) => httpServer.close(() => resolve()));
       // close() only stops accepting; exporters' keep-alive sockets would hold it open.
       httpServer.closeAllConnections();

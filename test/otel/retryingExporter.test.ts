@@ -124,3 +124,110 @@ describe('RetryingExporter', () => {
     expect(exporter.getStats()).toMatchObject({ dropped: 7, held: 0 });
   });
 });
+
+describe('RetryingExporter and a collector that hangs', () => {
+  const spans = (n: number): ReadableSpan[] => Array.from({ length: n }, () => ({}) as ReadableSpan);
+  const until = async (check: () => boolean): Promise<void> => {
+    for (let i = 0; i < 400 && !check(); i += 1) await new Promise((resolve) => setTimeout(resolve, 5));
+  };
+  /** An inner exporter that keeps every callback: the test answers, late, or never. */
+  function hanging() {
+    const calls: Array<{ spans: number; done: (result: ExportResult) => void }> = [];
+    const exporter: SpanExporter = {
+      export: (batch, done) => void calls.push({ spans: batch.length, done }),
+      shutdown: () => new Promise<void>(() => undefined), // waits for its hanging export, forever
+    };
+    return { calls, exporter };
+  }
+
+  test('never keeps the processor waiting, even while an export hangs, so the processor queue never fills', () => {
+    const { calls, exporter: inner } = hanging();
+    const exporter = new RetryingExporter(inner, { maxHeldSpans: 100, maxBatchSize: 10, exportTimeoutMs: 60_000, target: 'c', report: () => undefined });
+    const results: ExportResult[] = [];
+    exporter.export(spans(10), (r) => results.push(r));
+    exporter.export(spans(10), (r) => results.push(r));
+    expect(results.map((r) => r.code)).toEqual([ExportResultCode.SUCCESS, ExportResultCode.SUCCESS]);
+    expect(calls).toHaveLength(1); // one export at a time: the second batch waits behind the first
+    expect(exporter.getStats()).toMatchObject({ held: 20, delivered: 0 });
+    void exporter.abandon();
+  });
+
+  test('an export with no answer within exportTimeoutMs is an outage: reported at once, spans held and retried on a fresh exporter', async () => {
+    const first = hanging();
+    const renewed = hanging();
+    const lines: string[] = [];
+    const exporter = new RetryingExporter(first.exporter, {
+      maxHeldSpans: 100,
+      maxBatchSize: 10,
+      initialDelayMs: 5,
+      maxDelayMs: 5,
+      exportTimeoutMs: 30,
+      target: 'grpc://c',
+      report: (_l, m) => lines.push(m),
+      renew: () => renewed.exporter,
+    });
+    exporter.export(spans(10), () => undefined);
+    await until(() => lines.length > 0);
+    expect(lines).toEqual(['cannot export spans to grpc://c: no answer within 30 ms; holding up to 100 spans and retrying']);
+    expect(exporter.getStats()).toMatchObject({ held: 10, delivered: 0, dropped: 0, failures: 1 });
+    await until(() => renewed.calls.length > 0); // retried on the fresh exporter
+    expect(renewed.calls[0]!.spans).toBe(10);
+    renewed.calls[0]!.done({ code: ExportResultCode.SUCCESS });
+    await until(() => exporter.getStats().held === 0);
+    expect(exporter.getStats()).toMatchObject({ held: 0, delivered: 10, dropped: 0 });
+    expect(lines[1]).toMatch(/^export to grpc:\/\/c recovered after [\d.]+ s: delivered 10 held spans, dropped 0$/);
+  });
+
+  test('a success that comes after the export timeout counts for nothing: the spans are sent again and counted once', async () => {
+    let answerLate: (() => void) | undefined;
+    let sent = 0;
+    const inner: SpanExporter = {
+      export(batch, done) {
+        sent += batch.length;
+        if (answerLate === undefined) answerLate = () => done({ code: ExportResultCode.SUCCESS });
+        else done({ code: ExportResultCode.SUCCESS });
+      },
+      shutdown: async () => undefined,
+    };
+    const exporter = new RetryingExporter(inner, { maxHeldSpans: 100, maxBatchSize: 10, initialDelayMs: 50, maxDelayMs: 50, exportTimeoutMs: 20, target: 'c', report: () => undefined });
+    exporter.export(spans(10), () => undefined);
+    await until(() => exporter.getStats().failures === 1);
+    answerLate!(); // the collector had the spans after all, too late
+    expect(exporter.getStats()).toMatchObject({ held: 10, delivered: 0 });
+    await until(() => exporter.getStats().held === 0);
+    // The collector got them twice (OTLP is at-least-once); the kit counts them once.
+    expect(sent).toBe(20);
+    expect(exporter.getStats()).toMatchObject({ held: 0, delivered: 10, dropped: 0 });
+  });
+
+  test('while an export hangs, spans beyond the hold are dropped (never the batch in flight), counted and reported: every span counted once', () => {
+    const { exporter: inner } = hanging();
+    const lines: string[] = [];
+    const exporter = new RetryingExporter(inner, { maxHeldSpans: 30, maxBatchSize: 10, exportTimeoutMs: 60_000, target: 'c', report: (_l, m) => lines.push(m) });
+    for (let i = 0; i < 5; i += 1) exporter.export(spans(10), () => undefined);
+    expect(exporter.getStats()).toMatchObject({ held: 30, dropped: 20, delivered: 0 });
+    expect(lines).toEqual(['collector at c slower than spans are ended: dropped 10 spans so far (more than 30 held)']);
+    expect(exporter.abandon()).toBe(30);
+    const stats = exporter.getStats();
+    expect(stats.delivered + stats.dropped).toBe(50);
+  });
+
+  test('abandon() at the shutdown deadline reports the spans held and in flight, exactly, and lets shutdown finish', async () => {
+    const { calls, exporter: inner } = hanging();
+    const lines: string[] = [];
+    const exporter = new RetryingExporter(inner, { maxHeldSpans: 100, maxBatchSize: 10, exportTimeoutMs: 60_000, target: 'c', report: (_l, m) => lines.push(m) });
+    exporter.export(spans(10), () => undefined); // in flight, hanging
+    exporter.export(spans(5), () => undefined); // held behind it
+    let shutDown = false;
+    void exporter.shutdown().then(() => (shutDown = true));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(shutDown).toBe(false);
+    expect(exporter.abandon()).toBe(15);
+    await until(() => shutDown);
+    expect(shutDown).toBe(true);
+    expect(lines).toEqual(['15 spans not delivered at shutdown: collector at c unreachable']);
+    calls[0]!.done({ code: ExportResultCode.SUCCESS }); // a late answer changes no count
+    expect(exporter.getStats()).toMatchObject({ delivered: 0, dropped: 15, held: 0 });
+    expect(exporter.abandon()).toBe(0); // reported once
+  });
+});

@@ -39,7 +39,7 @@ describe('readSettings', () => {
   it('exports over OTLP/gRPC to the base endpoint when one is set', () => {
     const settings = readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://localhost:4317' });
     expect(settings.exporters).toEqual(['otlp']);
-    expect(settings.otlp).toEqual({ protocol: 'grpc', url: 'http://localhost:4317/', headers: {} });
+    expect(settings.otlp).toEqual({ protocol: 'grpc', url: 'http://localhost:4317/', headers: {}, timeoutMillis: 10000 });
   });
 
   it('appends /v1/traces to the base endpoint for http/protobuf', () => {
@@ -47,7 +47,7 @@ describe('readSettings', () => {
       OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otlp.example.com',
       OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
     });
-    expect(settings.otlp).toEqual({ protocol: 'http/protobuf', url: 'https://otlp.example.com/v1/traces', headers: {} });
+    expect(settings.otlp).toEqual({ protocol: 'http/protobuf', url: 'https://otlp.example.com/v1/traces', headers: {}, timeoutMillis: 10000 });
   });
 
   it('keeps a base endpoint path and appends /v1/traces once for http/json', () => {
@@ -132,6 +132,13 @@ describe('readSettings', () => {
     ).toEqual(['http', 'pg']);
   });
 
+  it('reads the export timeout, the traces one first, as the exporters do', () => {
+    expect(readSettings({ OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TIMEOUT: '1500' }).otlp?.timeoutMillis).toBe(1500);
+    expect(
+      readSettings({ OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TIMEOUT: '1500', OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '700' }).otlp?.timeoutMillis,
+    ).toBe(700);
+  });
+
   it('reads excluded paths, resource detectors, log level and batch sizes', () => {
     const settings = readSettings({
       OTEL_NODE_EXCLUDED_URLS: '/ping, /metrics',
@@ -192,6 +199,16 @@ describe('readSettings', () => {
         'a traces endpoint that is not a URL',
         { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'localhost:4317' },
         'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT must be an http:// or https:// URL, got "localhost:4317"',
+      ],
+      [
+        'an export timeout that is not a number of milliseconds',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TIMEOUT: '10s' },
+        'OTEL_EXPORTER_OTLP_TIMEOUT must be a whole number of milliseconds, 1 or more, got "10s"',
+      ],
+      [
+        'an export timeout of 0',
+        { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '0' },
+        'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT must be a whole number of milliseconds, 1 or more, got "0"',
       ],
       [
         'an unknown exporter',
