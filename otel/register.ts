@@ -11,6 +11,10 @@
  * Telemetry never takes the app down: a bad setting or an SDK that fails to
  * start costs one clear line on stderr, and the app serves uninstrumented.
  *
+ * Metrics are exported when `OTEL_METRICS_EXPORTER` (or an OTLP endpoint)
+ * asks for them; without, no MeterProvider exists (see `metrics.ts`). Under
+ * PM2 the same instruments feed `pm2 monit` (see `pm2Monitor.ts`).
+ *
  * The app flushes telemetry at the right moment of its own shutdown through
  * the hook published on `globalThis` (see `src/telemetry.ts`). For a script
  * without signal handlers of its own, the preload flushes on SIGINT/SIGTERM
@@ -18,6 +22,8 @@
  * registers no handler, so unflushed spans would die with the worker.
  */
 import module from 'node:module';
+import { randomUUID } from 'node:crypto';
+import type { MetricReader } from '@opentelemetry/sdk-metrics';
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { maskSecrets, RateLimitedDiagLogger, writeLine } from './diagLogger';
 import { PooledRandomIdGenerator } from './idGenerator';
@@ -49,7 +55,7 @@ function withTimeout(work: Promise<unknown>, ms: number): Promise<void> {
   });
 }
 
-/** The OTLP exporters' outage wrappers, whose counts the hook reports. */
+/** The OTLP exporters' outage wrappers, whose counts the hook and the health metrics report. */
 const retryingExporters: RetryingExporter[] = [];
 
 function createExporter(name: string, settings: TelemetrySettings, secrets: readonly string[]): SpanExporter {
@@ -78,6 +84,40 @@ function createOtlpExporter(otlp: NonNullable<TelemetrySettings['otlp']>): SpanE
   // standard variables, which readSettings has already checked.
   const { createOtlpTraceExporter } = require('./otlpTraceExporter') as typeof import('./otlpTraceExporter');
   return createOtlpTraceExporter(otlp.protocol, otlp.url);
+}
+
+/** What the prometheus endpoint module (`prometheus.ts`) offers, when the build has it. */
+interface PrometheusModule {
+  createPrometheusReader(options: { host: string; port: number; pm2: Pm2Process | undefined; report: (level: 'info' | 'warn' | 'error', message: string) => void }): MetricReader;
+}
+
+/** The metric readers `OTEL_METRICS_EXPORTER` asks for, plus PM2's monitor under PM2. */
+function createMetricReaders(settings: TelemetrySettings, pm2: Pm2Process | undefined, secrets: readonly string[]): MetricReader[] {
+  const metrics = settings.metrics;
+  if (metrics.exporters.length === 0) return [];
+  const report = (level: 'info' | 'warn' | 'error', message: string): void => writeLine(level, maskSecrets(message, secrets));
+  const { createPushReaders } = require('./metrics') as typeof import('./metrics');
+  const readers = createPushReaders(metrics, report);
+  if (metrics.exporters.includes('prometheus')) {
+    let prometheus: PrometheusModule | undefined;
+    try {
+      prometheus = require('./prometheus') as PrometheusModule;
+    } catch {
+      writeLine('warn', 'OTEL_METRICS_EXPORTER: the prometheus exporter is not available in this build; the other exporters listed still run');
+    }
+    if (prometheus !== undefined) readers.push(prometheus.createPrometheusReader({ ...metrics.prometheus, pm2, report }));
+  }
+  // PM2's channel: a worker in cluster mode is connected to the daemon by IPC.
+  if (pm2 !== undefined && typeof process.send === 'function') {
+    const { Pm2MonitorReader } = require('./pm2Monitor') as typeof import('./pm2Monitor');
+    readers.push(
+      new Pm2MonitorReader((message) => {
+        // A send on a closed channel would emit 'error' on process: ask for a callback instead.
+        if (process.connected) process.send?.(message, undefined, {}, () => undefined);
+      }),
+    );
+  }
+  return readers;
 }
 
 function pm2Attributes(pm2: Pm2Process | undefined): Record<string, string | number> {
@@ -118,8 +158,14 @@ function start(): void {
   const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
   const exporters = settings.exporters.map((name) => createExporter(name, settings, secrets));
   const spanProcessors: SpanProcessor[] = exporters.map((exporter) => new BatchSpanProcessor({ exporter, ...settings.batch }));
+  const metricReaders = createMetricReaders(settings, pm2, secrets);
   const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
+  // Each process writes its own series: a fresh service.instance.id, even
+  // with the serviceinstance detector off (which, on, sets its own). Two
+  // workers of one PM2 slot overlap during `pm2 reload`; a shared id would
+  // make them write the same cumulative series. See README, Metrics under PM2.
+  const baseAttributes = metricReaders.length > 0 ? { 'service.instance.id': randomUUID(), ...pm2Attributes(pm2) } : pm2Attributes(pm2);
 
   // NodeSDK replaces the diag logger with a plain console one when
   // OTEL_LOG_LEVEL is set; ours (rate-limited, redacting) must stay.
@@ -128,20 +174,28 @@ function start(): void {
   let sdk: InstanceType<typeof NodeSDK>;
   try {
     sdk = new NodeSDK({
-      resource: defaultResource().merge(resourceFromAttributes(pm2Attributes(pm2))),
+      resource: defaultResource().merge(resourceFromAttributes(baseAttributes)),
       resourceDetectors: loadResourceDetectors(settings.resourceDetectors),
       instrumentations,
       spanProcessors,
       idGenerator: new PooledRandomIdGenerator(),
-      // Traces only: metrics and logs stay off until the kit exports them, so
-      // nothing retries against a collector that is not there.
-      metricReaders: [],
+      // Metrics as settings.ts decided (none without an endpoint, so nothing
+      // retries against a collector that is not there); logs stay off.
+      metricReaders,
       logRecordProcessors: [],
     });
   } finally {
     if (logLevel !== undefined) process.env.OTEL_LOG_LEVEL = logLevel;
   }
   sdk.start();
+  if (metricReaders.length > 0 && settings.otlp !== undefined) {
+    const { observeSpanExporters, spanExporterType } = require('./metrics') as typeof import('./metrics');
+    const type = spanExporterType(settings.otlp.protocol);
+    observeSpanExporters(
+      api.metrics.getMeter('koa-pm2-otel'),
+      retryingExporters.map((exporter) => ({ type, getStats: () => exporter.getStats() })),
+    );
+  }
 
   let stopping: Promise<void> | undefined;
   const hook = {
