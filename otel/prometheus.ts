@@ -25,8 +25,8 @@
  *   is one target that follows `pm2 scale` and `pm2 reload` by itself;
  * - the worker that gets a scrape collects itself and asks every other
  *   registered worker in parallel, each with a deadline (at most
- *   `workerTimeoutMs`, and at most half the scrape timeout Prometheus sends in
- *   `X-Prometheus-Scrape-Timeout-Seconds`), and merges (`prometheusExposition.ts`):
+ *   `workerTimeoutMs`, 2 s by default, and at most the scrape timeout Prometheus
+ *   sends in `X-Prometheus-Scrape-Timeout-Seconds` less 200 ms for the merge), and merges (`prometheusExposition.ts`):
  *   every series carries `service_instance_id`, which is new for every process
  *   (so a reload's old and new worker of one slot never share a series and no
  *   counter goes backwards), `target_info` has one line per worker, and
@@ -54,6 +54,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { diag } from '@opentelemetry/api';
 import { MetricReader } from '@opentelemetry/sdk-metrics';
 import { CONTENT_TYPE, createWorkerSerializer, mergeExpositions, type WorkerExposition, type WorkerSerializer, WORKER_LABEL } from './prometheusExposition';
@@ -67,6 +68,8 @@ export interface PrometheusReaderOptions {
   readonly registryDir?: string;
   /** Longest wait for another worker's answer, in ms (2000 by default). */
   readonly workerTimeoutMs?: number;
+  /** Where its few log lines go (the preload's writer); the SDK's diag logger by default. */
+  readonly report?: (level: 'info' | 'warn' | 'error', message: string) => void;
 }
 
 /** A registered worker, as written in `<pid>.json`. */
@@ -82,6 +85,7 @@ const PID_HEADER = 'x-kit-worker-pid';
 const DEFAULT_WORKER_TIMEOUT_MS = 2000;
 const MAX_BODY_BYTES = 32 * 1024 * 1024;
 const RETRY_LISTEN_MS = 5000;
+const ANSWER_MARGIN_MS = 200;
 
 export function defaultRegistryDir(port: number): string {
   return path.join(os.tmpdir(), `otel-prometheus-${port}`);
@@ -203,6 +207,7 @@ export class ClusterPrometheusReader extends MetricReader {
   private readonly port: number;
   private readonly dir: string;
   private readonly workerTimeoutMs: number;
+  private readonly report: NonNullable<PrometheusReaderOptions['report']>;
   private readonly fallbackId = randomUUID();
   private serializer: WorkerSerializer | undefined;
   private privateServer: http.Server | undefined;
@@ -222,6 +227,7 @@ export class ClusterPrometheusReader extends MetricReader {
     this.port = options.port;
     this.dir = options.registryDir ?? defaultRegistryDir(options.port);
     this.workerTimeoutMs = options.workerTimeoutMs ?? DEFAULT_WORKER_TIMEOUT_MS;
+    this.report = options.report ?? ((level, message) => diag[level](message));
   }
 
   /** Resolves once this worker is registered and listening on the scrape port (or has reported why not). */
@@ -237,7 +243,7 @@ export class ClusterPrometheusReader extends MetricReader {
 
   protected override onInitialized(): void {
     this.started = this.start().catch((error: unknown) => {
-      diag.error(`Prometheus endpoint not started: ${error instanceof Error ? error.message : String(error)}`);
+      this.report('error', `Prometheus endpoint on ${this.host}:${this.port} not started: ${error instanceof Error ? error.message : String(error)}`);
     });
   }
 
@@ -260,7 +266,7 @@ export class ClusterPrometheusReader extends MetricReader {
     ensureRegistryDir(this.dir);
     readRegistry(this.dir); // prunes entries of dead workers
 
-    const privateServer = http.createServer((req, res) => void this.answer(req, res, false));
+    const privateServer = untracedServer((req, res) => void this.answer(req, res, false));
     this.privateServer = privateServer;
     // exclusive: in a cluster worker, a listen is otherwise shared through
     // the master, and another worker could answer on this port.
@@ -276,7 +282,7 @@ export class ClusterPrometheusReader extends MetricReader {
     this.registered = true;
     process.once('exit', this.removeEntry);
 
-    const sharedServer = http.createServer((req, res) => void this.answer(req, res, true));
+    const sharedServer = untracedServer((req, res) => void this.answer(req, res, true));
     this.sharedServer = sharedServer;
     await this.listenShared(sharedServer);
   }
@@ -289,7 +295,7 @@ export class ClusterPrometheusReader extends MetricReader {
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || this.stopping) throw error;
       if (this.retryTimer === undefined) {
-        diag.warn(`Prometheus port ${this.host}:${this.port} is in use by another process; retrying every ${RETRY_LISTEN_MS / 1000} s`);
+        this.report('warn', `Prometheus port ${this.host}:${this.port} is in use by another process; retrying every ${RETRY_LISTEN_MS / 1000} s`);
       }
       this.retryTimer = setTimeout(() => {
         if (!this.stopping) void this.listenShared(server).catch(() => undefined);
@@ -299,7 +305,7 @@ export class ClusterPrometheusReader extends MetricReader {
 
   private async ownExposition(): Promise<{ text: string; workerId: string }> {
     const { resourceMetrics, errors } = await this.collect();
-    if (errors.length > 0) diag.warn('Prometheus: errors while collecting metrics', ...errors);
+    if (errors.length > 0) diag.warn('Prometheus: errors while collecting metrics', ...errors); // rate-limited by the kit's diag logger
     const resource = resourceMetrics.resource;
     if (resource.asyncAttributesPending) await resource.waitForAsyncAttributes?.();
     this.serializer ??= createWorkerSerializer(this.fallbackId);
@@ -325,7 +331,8 @@ export class ClusterPrometheusReader extends MetricReader {
 
   /** This worker's exposition and every other registered worker's, merged. */
   private async aggregate(scrapeTimeout: number | undefined): Promise<string> {
-    const timeoutMs = Math.max(1, Math.min(this.workerTimeoutMs, scrapeTimeout === undefined ? Infinity : scrapeTimeout / 2));
+    // Leave the merge and the answer 200 ms of the time Prometheus gives the scrape.
+    const timeoutMs = Math.max(50, Math.min(this.workerTimeoutMs, scrapeTimeout === undefined ? Infinity : scrapeTimeout - ANSWER_MARGIN_MS));
     const others = readRegistry(this.dir).filter((entry) => entry.pid !== process.pid);
     const [own, ...answers] = await Promise.all([
       this.ownExposition().then(
@@ -346,6 +353,17 @@ export class ClusterPrometheusReader extends MetricReader {
     if (merged.conflicts.length > 0) diag.warn(`Prometheus: workers disagree on the type of ${merged.conflicts.join(', ')}; kept the first`);
     return merged.text;
   }
+}
+
+/**
+ * An HTTP server the kit's instrumentation does not see: it wraps
+ * `http.Server.prototype.emit`, and a scrape (every worker's, every few
+ * seconds) is no request of the app's: no span, no duration sample.
+ */
+function untracedServer(handler: http.RequestListener): http.Server {
+  const server = http.createServer(handler);
+  server.emit = EventEmitter.prototype.emit;
+  return server;
 }
 
 /** The scrape timeout Prometheus announces, in ms. */
@@ -384,8 +402,9 @@ function closeServer(server: http.Server | undefined, graceMs = 1000): Promise<v
 
 /**
  * The reader the preload registers when `OTEL_METRICS_EXPORTER` lists
- * `prometheus`. Needs only `host` and `port`; `registryDir` and
- * `workerTimeoutMs` are for tests.
+ * `prometheus`. Needs `host` and `port`; `report` is used when given; other
+ * fields the preload passes (`pm2`) are not needed: every label comes from
+ * the resource. `registryDir` and `workerTimeoutMs` are for tests.
  */
 export function createPrometheusReader(options: PrometheusReaderOptions): ClusterPrometheusReader {
   return new ClusterPrometheusReader(options);

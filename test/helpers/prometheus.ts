@@ -75,7 +75,10 @@ export async function startPrometheus(targets: string[], options: { interval?: s
   );
   let log = '';
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (log += chunk));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    else child.once('exit', () => resolve());
+  });
   const url = `http://127.0.0.1:${port}`;
   const pid = child.pid ?? 0;
 
@@ -84,7 +87,7 @@ export async function startPrometheus(targets: string[], options: { interval?: s
     const deadline = Date.now() + 10_000;
     while (alive(pid) && Date.now() < deadline) await sleep(50);
     if (alive(pid)) process.kill(pid, 'SIGKILL');
-    await Promise.race([exited, sleep(5000)]);
+    await exited; // after SIGKILL at the latest
     fs.rmSync(dir, { recursive: true, force: true });
   };
 

