@@ -91,6 +91,21 @@ async function sleep(ms: number): Promise<void> {
     expect((await prometheus.query('up{job="kit"}')).map((s) => s.value)).toEqual([1]);
   });
 
+  test('the README\'s dashboard queries answer', async () => {
+    // The same PromQL as the table in README, "Metrics under PM2 / Prometheus".
+    const withData = [
+      'sum by (http_route) (rate(http_server_request_duration_seconds_count[1m]))',
+      'histogram_quantile(0.99, sum by (le, http_route) (rate(http_server_request_duration_seconds_bucket[1m])))',
+      'sum(http_server_active_requests)',
+      'max by (service_instance_id) (nodejs_eventloop_delay_p99_seconds)',
+      'count(kit_worker_up == 1)',
+    ];
+    for (const promql of withData) await prometheus.waitFor(promql, (r) => r.length > 0);
+    // No errors and no span exporter in this app: these only need to be valid.
+    await prometheus.query('sum(rate(http_server_request_duration_seconds_count{http_response_status_code=~"5.."}[1m])) / sum(rate(http_server_request_duration_seconds_count[1m]))');
+    await prometheus.query('sum(rate(otel_sdk_exporter_span_exported_total{error_type="dropped"}[5m]))');
+  });
+
   test('the exposition has each family once and passes promtool', async () => {
     const { body } = await scrape(10_000);
     expect(groupingViolations(body)).toEqual([]);

@@ -227,6 +227,33 @@ describe('ClusterPrometheusReader', () => {
     expect(fs.readdirSync(dir).sort()).toEqual([`${process.pid}.json`]);
   });
 
+  test('registers while another process holds the scrape port, and takes the port once it is free', async () => {
+    const otherDir = fs.mkdtempSync(path.join(os.tmpdir(), 'prom-registry-'));
+    const busyPort = await freePort();
+    const holder = http.createServer((_req, res) => res.end('someone else\n'));
+    await new Promise<void>((resolve) => holder.listen(busyPort, '127.0.0.1', resolve));
+    const lines: string[] = [];
+    const second = createPrometheusReader({ host: '127.0.0.1', port: busyPort, registryDir: otherDir, report: (level, message) => lines.push(`${level} ${message}`) });
+    const otherProvider = new MeterProvider({ readers: [second] });
+    try {
+      await second.ready();
+      expect(fs.readdirSync(otherDir)).toEqual([`${process.pid}.json`]);
+      expect(lines).toEqual([`warn Prometheus port 127.0.0.1:${busyPort} is in use by another process; retrying every 5 s`]);
+      await new Promise((resolve) => holder.close(resolve));
+      const deadline = Date.now() + 20_000;
+      let body = '';
+      while (!body.includes('kit_worker_up') && Date.now() < deadline) {
+        body = await fetch(`http://127.0.0.1:${busyPort}/metrics`).then((r) => r.text(), () => '');
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      expect(body).toContain(`kit_worker_up{service_instance_id=`);
+      expect(lines).toHaveLength(1);
+    } finally {
+      await otherProvider.shutdown();
+      fs.rmSync(otherDir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
   test('leaves the registry at shutdown', async () => {
     const otherDir = fs.mkdtempSync(path.join(os.tmpdir(), 'prom-registry-'));
     const second = createPrometheusReader({ host: '127.0.0.1', port: await freePort(), registryDir: otherDir });
