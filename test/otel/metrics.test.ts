@@ -1,8 +1,12 @@
 /**
  * Metrics from the preload where it runs: in a child process started with
- * `node -r`, exporting to a real OTLP receiver.
+ * `node -r`, exporting to a real OTLP receiver; and the metric exporter's
+ * outage reporting in-process.
  */
 import path from 'node:path';
+import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
+import { AggregationTemporality, type PushMetricExporter, type ResourceMetrics } from '@opentelemetry/sdk-metrics';
+import { ReportingMetricExporter } from '../../otel/metrics';
 import { startReceiver, type OtlpReceiver, type ReceivedMetric } from '../helpers/otlpReceiver';
 import { FIXTURES, listeningPort, SERVER, startChild, type Child } from '../helpers/child';
 import { get } from '../helpers/load';
@@ -93,8 +97,9 @@ describe('OTLP metrics', () => {
     expect(of(receiver.metrics, pid, 'http.server.active_requests')).toEqual([
       expect.objectContaining({ type: 'sum', monotonic: false, attributes: base, value: 0 }),
     ]);
-    for (const name of ['nodejs.eventloop.delay.p99', 'nodejs.eventloop.utilization', 'v8js.memory.heap.used']) {
-      expect(of(receiver.metrics, pid, name).length).toBeGreaterThan(0);
+    // Event-loop delay needs 5 samples of 10 ms first: see the next test.
+    for (const name of ['nodejs.eventloop.utilization', 'v8js.memory.heap.used']) {
+      expect([name, of(receiver.metrics, pid, name).length > 0]).toEqual([name, true]);
     }
     const component = { 'otel.component.type': 'otlp_grpc_span_exporter', 'otel.component.name': 'otlp_grpc_span_exporter/0' };
     expect(of(receiver.metrics, pid, 'otel.sdk.exporter.span.exported').map((p) => p.attributes)).toEqual(
@@ -118,7 +123,13 @@ describe('OTLP metrics', () => {
     for (const id of [1, 2]) await get(port, `/items/${id}`);
     const pid = child.process.pid;
     // Spans delivered are counted once their export finished: at least the two requests'.
-    await receiver.waitForMetrics((metrics) => of(metrics, pid, 'otel.sdk.exporter.span.exported').some((p) => p.attributes['error.type'] === undefined && p.value >= 2), 20_000);
+    await receiver.waitForMetrics(
+      (metrics) =>
+        of(metrics, pid, 'otel.sdk.exporter.span.exported').some((p) => p.attributes['error.type'] === undefined && p.value >= 2) &&
+        of(metrics, pid, 'nodejs.eventloop.delay.p99').length > 0,
+      20_000,
+    );
+    expect(latest(of(receiver.metrics, pid, 'nodejs.eventloop.delay.p99'))[0]).toMatchObject({ type: 'gauge', unit: 's' });
     const request = receiver.metricRequests.find((r) => r.transport === 'http');
     expect(request?.headers.authorization).toBe(`Bearer ${SECRET}`);
     expect(request?.headers['content-type']).toBe('application/x-protobuf');
@@ -192,6 +203,25 @@ describe('metrics off', () => {
   });
 });
 
+describe('a bad metrics setting', () => {
+  test.each([
+    ['OTEL_METRICS_EXPORTER', { OTEL_METRICS_EXPORTER: 'otlp,statsd' }],
+    ['OTEL_METRIC_EXPORT_INTERVAL', { OTEL_METRIC_EXPORT_INTERVAL: '10s' }],
+    ['OTEL_EXPORTER_OTLP_METRICS_HEADERS', { OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://127.0.0.1:4317', OTEL_EXPORTER_OTLP_METRICS_HEADERS: `Authorization Bearer ${SECRET}` }],
+  ])('%s yields one clear line and a serving, uninstrumented app', async (variable, env) => {
+    const child = startServer(env);
+    const port = await listeningPort(child);
+    expect((await get(port, '/')).status).toBe(200);
+    const lines = child.stderr().trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(variable);
+    expect(lines[0]).toContain('telemetry is off');
+    expect(child.stderr()).not.toContain(SECRET);
+    child.process.kill('SIGINT');
+    await child.exited;
+  });
+});
+
 describe('a collector outage', () => {
   test('holds nothing, logs two lines, and the totals catch up when it is back', async () => {
     receiver.setFailure('unavailable');
@@ -229,5 +259,61 @@ describe('a collector outage', () => {
     expect(lines.length).toBeLessThanOrEqual(3);
     child.process.kill('SIGINT');
     await child.exited;
+  });
+});
+
+describe('ReportingMetricExporter', () => {
+  /** An inner exporter whose next results the test sets; counts the instances made. */
+  function fakes(): { make: () => PushMetricExporter; results: ExportResult[]; made: number; shutdowns: number } {
+    const state = { results: [] as ExportResult[], made: 0, shutdowns: 0, make: (): PushMetricExporter => undefined as unknown as PushMetricExporter };
+    state.make = () => {
+      state.made += 1;
+      return {
+        export: (_metrics, callback) => callback(state.results.shift() ?? { code: ExportResultCode.SUCCESS }),
+        forceFlush: () => Promise.resolve(),
+        shutdown: () => {
+          state.shutdowns += 1;
+          return Promise.resolve();
+        },
+        selectAggregationTemporality: () => AggregationTemporality.CUMULATIVE,
+      };
+    };
+    return state;
+  }
+
+  const batch = {} as ResourceMetrics;
+
+  function exportOnce(exporter: ReportingMetricExporter): ExportResult {
+    let result: ExportResult | undefined;
+    exporter.export(batch, (r) => (result = r));
+    if (result === undefined) throw new Error('no result');
+    return result;
+  }
+
+  it('reports an outage once when it starts and once when it ends, and takes a fresh exporter after each failure', () => {
+    const inner = fakes();
+    const lines: string[] = [];
+    const exporter = new ReportingMetricExporter(inner.make(), { target: 'http://collector:4317', report: (level, message) => lines.push(`${level} ${message}`), renew: inner.make });
+    const failure = { code: ExportResultCode.FAILED, error: new Error('14 UNAVAILABLE: no connection\nstack') };
+    inner.results.push(failure, failure, failure);
+    for (let i = 0; i < 4; i += 1) expect(exportOnce(exporter)).toEqual({ code: ExportResultCode.SUCCESS });
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toBe('warn cannot export metrics to http://collector:4317: 14 UNAVAILABLE: no connection; trying again at each interval');
+    expect(lines[1]).toMatch(/^info metrics export to http:\/\/collector:4317 recovered after \d+\.\d s \(3 exports failed\)$/);
+    expect(inner.made).toBe(4);
+    expect(inner.shutdowns).toBe(3);
+    expect(exporter.selectAggregationTemporality('HISTOGRAM' as never)).toBe(AggregationTemporality.CUMULATIVE);
+  });
+
+  it('reports a flapping collector at most once per 30 s', () => {
+    const inner = fakes();
+    const lines: string[] = [];
+    const exporter = new ReportingMetricExporter(inner.make(), { target: 'x', report: (_level, message) => lines.push(message) });
+    for (let i = 0; i < 10; i += 1) {
+      inner.results.push({ code: ExportResultCode.FAILED, error: new Error('down') });
+      exportOnce(exporter);
+      exportOnce(exporter);
+    }
+    expect(lines).toHaveLength(2);
   });
 });
