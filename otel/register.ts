@@ -99,13 +99,15 @@ function createMetricReaders(settings: TelemetrySettings, pm2: Pm2Process | unde
   const { createPushReaders } = require('./metrics') as typeof import('./metrics');
   const readers = createPushReaders(metrics, report);
   if (metrics.exporters.includes('prometheus')) {
-    let prometheus: PrometheusModule | undefined;
+    // One exporter failing must not take the others (or the traces) with it.
     try {
-      prometheus = require('./prometheus') as PrometheusModule;
-    } catch {
-      writeLine('warn', 'OTEL_METRICS_EXPORTER: the prometheus exporter is not available in this build; the other exporters listed still run');
+      const prometheus = require('./prometheus') as PrometheusModule;
+      readers.push(prometheus.createPrometheusReader({ ...metrics.prometheus, pm2, report }));
+    } catch (error) {
+      const missing = (error as { code?: unknown }).code === 'MODULE_NOT_FOUND' && String((error as Error).message).includes('prometheus');
+      const reason = missing ? 'is not available in this build' : `failed to start: ${error instanceof Error ? error.message : String(error)}`;
+      report('warn', `OTEL_METRICS_EXPORTER: the prometheus exporter ${reason}; the other exporters listed still run`);
     }
-    if (prometheus !== undefined) readers.push(prometheus.createPrometheusReader({ ...metrics.prometheus, pm2, report }));
   }
   // PM2's channel: a worker in cluster mode is connected to the daemon by IPC.
   if (pm2 !== undefined && typeof process.send === 'function') {
@@ -166,6 +168,9 @@ function start(): void {
   // workers of one PM2 slot overlap during `pm2 reload`; a shared id would
   // make them write the same cumulative series. See README, Metrics under PM2.
   const baseAttributes = metricReaders.length > 0 ? { 'service.instance.id': randomUUID(), ...pm2Attributes(pm2) } : pm2Attributes(pm2);
+  if (metricReaders.length > 0 && pm2 !== undefined && /(?:^|,)\s*service\.instance\.id\s*=/.test(process.env.OTEL_RESOURCE_ATTRIBUTES ?? '')) {
+    writeLine('warn', 'OTEL_RESOURCE_ATTRIBUTES sets service.instance.id: every worker of this app then writes the same metric series; leave it unset (the kit gives each process its own)');
+  }
 
   // NodeSDK replaces the diag logger with a plain console one when
   // OTEL_LOG_LEVEL is set; ours (rate-limited, redacting) must stay.
