@@ -57,7 +57,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { diag } from '@opentelemetry/api';
 import { MetricReader } from '@opentelemetry/sdk-metrics';
-import { CONTENT_TYPE, createWorkerSerializer, mergeExpositions, type WorkerExposition, type WorkerSerializer, WORKER_LABEL } from './prometheusExposition';
+import { CONTENT_TYPE, createWorkerSerializer, distinctWorkerIds, mergeExpositions, type WorkerExposition, type WorkerSerializer, WORKER_LABEL } from './prometheusExposition';
 
 export interface PrometheusReaderOptions {
   /** Where the app's one scrape target listens (`OTEL_EXPORTER_PROMETHEUS_HOST`). */
@@ -213,6 +213,7 @@ export class ClusterPrometheusReader extends MetricReader {
   private privateServer: http.Server | undefined;
   private sharedServer: http.Server | undefined;
   private registered = false;
+  private sharedIdReported = false;
   private stopping = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private started: Promise<void> | undefined;
@@ -349,6 +350,11 @@ export class ClusterPrometheusReader extends MetricReader {
       if (answer === undefined || answer.gone === true) return;
       workers.push({ labels: { [WORKER_LABEL]: entry.workerId, process_pid: String(entry.pid) }, text: answer.text, error: answer.error });
     });
+    const shared = distinctWorkerIds(workers);
+    if (shared.length > 0 && !this.sharedIdReported) {
+      this.sharedIdReported = true;
+      this.report('warn', `Prometheus: workers share service.instance.id ${shared.join(', ')} (set in OTEL_RESOURCE_ATTRIBUTES?); their series are labelled <id>-<pid> to stay apart`);
+    }
     const merged = mergeExpositions(workers);
     if (merged.conflicts.length > 0) diag.warn(`Prometheus: workers disagree on the type of ${merged.conflicts.join(', ')}; kept the first`);
     return merged.text;

@@ -186,6 +186,31 @@ function labelText(labels: Readonly<Record<string, string>>): string {
   return parts.length === 0 ? '' : `{${parts.join(',')}}`;
 }
 
+/**
+ * Workers that share a `service_instance_id` (pinned for all of them in
+ * `OTEL_RESOURCE_ATTRIBUTES`) would write the same series, which Prometheus
+ * drops as duplicates: each of them gets `<id>-<pid>` instead, in its labels
+ * and its text. Returns the ids that were shared.
+ */
+export function distinctWorkerIds(workers: WorkerExposition[]): string[] {
+  const byId = new Map<string, number>();
+  for (const worker of workers) {
+    const id = worker.labels[WORKER_LABEL] ?? '';
+    byId.set(id, (byId.get(id) ?? 0) + 1);
+  }
+  const shared = [...byId].filter(([, count]) => count > 1).map(([id]) => id);
+  if (shared.length === 0) return shared;
+  workers.forEach((worker, index) => {
+    const id = worker.labels[WORKER_LABEL] ?? '';
+    if (!shared.includes(id)) return;
+    const distinct = `${id}-${worker.labels.process_pid ?? index}`;
+    const from = `${WORKER_LABEL}="${escapeLabel(id)}"`;
+    const to = `${WORKER_LABEL}="${escapeLabel(distinct)}"`;
+    workers[index] = { ...worker, labels: { ...worker.labels, [WORKER_LABEL]: distinct }, text: worker.text?.split(from).join(to) };
+  });
+  return shared;
+}
+
 export interface MergeResult {
   text: string;
   /** Families a worker reported with another TYPE than the first worker did: its samples were left out. */

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { MeterProvider } from '@opentelemetry/sdk-metrics';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { createPrometheusReader, readRegistry, type ClusterPrometheusReader } from '../../otel/prometheus';
-import { mergeExpositions, parseFamilies, prometheusUnit } from '../../otel/prometheusExposition';
+import { distinctWorkerIds, mergeExpositions, parseFamilies, prometheusUnit, type WorkerExposition } from '../../otel/prometheusExposition';
 import { groupingViolations, PROMTOOL_BIN, promtoolCheck, sampleValues } from '../helpers/prometheus';
 import { freePort } from '../helpers/pm2';
 
@@ -109,6 +109,23 @@ describe('mergeExpositions', () => {
   (PROMTOOL_BIN === undefined ? test.skip : test)('passes promtool check metrics', async () => {
     // promtool prints nothing for a clean exposition (naming and unit conventions included).
     expect(await promtoolCheck(merged.text)).toBe('');
+  });
+});
+
+describe('distinctWorkerIds', () => {
+  test('gives workers that share a service.instance.id distinct labels, in their series too', () => {
+    const pinned = (pid: string): WorkerExposition => ({
+      labels: { service_instance_id: 'pinned', process_pid: pid },
+      text: WORKER_A.replace(/service_instance_id="a"/g, 'service_instance_id="pinned"'),
+    });
+    const workers = [pinned('101'), pinned('102'), { labels: { service_instance_id: 'c', process_pid: '103' }, text: undefined }];
+    expect(distinctWorkerIds(workers)).toEqual(['pinned']);
+    const merged = mergeExpositions(workers).text;
+    expect(sampleValues(merged, 'http_server_request_duration_seconds_count', { service_instance_id: 'pinned-101' })).toEqual([3]);
+    expect(sampleValues(merged, 'http_server_request_duration_seconds_count', { service_instance_id: 'pinned-102' })).toEqual([3]);
+    expect(sampleValues(merged, 'kit_worker_up', { service_instance_id: 'pinned-102' })).toEqual([1]);
+    expect(sampleValues(merged, 'kit_worker_up', { service_instance_id: 'c' })).toEqual([0]);
+    expect(merged).not.toContain('"pinned"');
   });
 });
 
