@@ -24,19 +24,23 @@
  *   and `_PORT`, `localhost:9464` by default) through the cluster, so that it
  *   is one target that follows `pm2 scale` and `pm2 reload` by itself;
  * - the worker that gets a scrape collects itself and asks every other
- *   registered worker in parallel, each with a deadline (at most
- *   `workerTimeoutMs`, 2 s by default, and at most the scrape timeout Prometheus
- *   sends in `X-Prometheus-Scrape-Timeout-Seconds` less 200 ms for the merge), and merges (`prometheusExposition.ts`):
- *   every series carries `service_instance_id`, which is new for every process
- *   (so a reload's old and new worker of one slot never share a series and no
- *   counter goes backwards), `target_info` has one line per worker, and
- *   `kit_worker_up` is 0 for a live worker that did not answer in time. A
- *   worker that is gone (pid dead, port refused, registry file removed) is
+ *   registered worker in parallel, each with a deadline (`workerTimeoutMs`,
+ *   2 s by default, and at most the scrape timeout Prometheus sends in
+ *   `X-Prometheus-Scrape-Timeout-Seconds` less 200 ms for the merge), and
+ *   merges (`prometheusExposition.ts`): every series carries
+ *   `service_instance_id`, which is new for every process (so a reload's old
+ *   and new worker of one slot never share a series and no counter goes
+ *   backwards; workers that share a pinned id get `<id>-<pid>`),
+ *   `target_info` has one line per worker, and `kit_worker_up` is 0 for a
+ *   live worker that did not answer in time. A worker that is gone (pid
+ *   dead, registry file removed, its port answered by another process) is
  *   left out, like a target that left service discovery.
  *
  * Why not the alternatives: a separate aggregator app in the ecosystem file
- * costs a process and a second thing to scale and restart; PM2's bus needs
- * the daemon's IPC and gives no answer within a deadline. Why not files
+ * costs a process and a second thing to start, watch and keep on the same
+ * port; PM2's bus is read by a process connected to the daemon, so it needs
+ * that extra process too, and it carries events, not answers within a
+ * deadline. Why not files
  * written periodically (as prometheus_client does with mmap): serializing
  * every worker's metrics on a timer costs CPU when nobody scrapes, and the
  * numbers would be as old as the timer.
@@ -44,7 +48,7 @@
  * What this cannot do: the scrape connection itself goes to a worker chosen
  * by the cluster (round-robin, and Prometheus keeps the connection alive).
  * If that worker's event loop is blocked, that scrape waits for it and
- * Prometheus times it out (`up` 0 for one scrape); Node's cluster hands the
+ * Prometheus times it out (`up` 0 for that scrape); Node's cluster hands the
  * next connections to the other workers, since a worker is skipped until it
  * has taken the connection it was given.
  */
@@ -162,7 +166,12 @@ interface FetchResult {
 function fetchWorker(dir: string, entry: RegistryEntry, timeoutMs: number): Promise<FetchResult> {
   return new Promise((resolve) => {
     let timedOut = false;
-    const goneOr = (error: string): FetchResult => (!alive(entry.pid) || !fs.existsSync(entryFile(dir, entry.pid)) ? { gone: true } : { error });
+    const goneOr = (error: string): FetchResult => {
+      if (!fs.existsSync(entryFile(dir, entry.pid))) return { gone: true }; // it left the registry meanwhile
+      if (alive(entry.pid)) return { error };
+      fs.rmSync(entryFile(dir, entry.pid), { force: true });
+      return { gone: true };
+    };
     const req = http.get({ host: '127.0.0.1', port: entry.port, path: '/metrics', agent: false }, (res) => {
       if (res.headers[PID_HEADER] !== String(entry.pid)) {
         // Another process on that port (the pid was reused): a stale entry.
