@@ -81,6 +81,8 @@ async function sleep(ms: number): Promise<void> {
     await prometheus.waitFor('sum(kit_worker_up)', (r) => total(r) === 2);
     await hit(40);
     await prometheus.waitFor(`sum(${COUNT})`, (r) => total(r) === 40);
+    // Scrapes (Prometheus's, and the workers' to each other) are not app requests: not counted.
+    expect(total(await prometheus.query('sum(http_server_request_duration_seconds_count)'))).toBe(40);
     const perWorker = await prometheus.query(`sum by (service_instance_id) (${COUNT})`);
     expect(perWorker).toHaveLength(2);
     expect(perWorker.every((s) => s.value > 0)).toBe(true);
