@@ -13,7 +13,7 @@
  *
  * Metrics are exported when `OTEL_METRICS_EXPORTER` (or an OTLP endpoint)
  * asks for them; without, no MeterProvider exists (see `metrics.ts`). Under
- * PM2 the same instruments feed `pm2 monit` (see `pm2Monitor.ts`).
+ * PM2 a worker's key figures then also show in `pm2 monit` (see `pm2Monitor.ts`).
  *
  * The app flushes telemetry at the right moment of its own shutdown through
  * the hook published on `globalThis` (see `src/telemetry.ts`). For a script
