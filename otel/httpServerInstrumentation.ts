@@ -258,6 +258,8 @@ export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5
  */
 class ServerMetrics {
   private readonly active = new Map<string, { count: number; readonly attributes: Attributes }>();
+  /** Totals since start, for PM2's monitor (see pm2Monitor.ts). */
+  readonly totals = { requests: 0, seconds: 0 };
 
   constructor(private readonly duration: Histogram, meter: Meter) {
     meter
@@ -288,7 +290,16 @@ class ServerMetrics {
     if (route) attributes['http.route'] = route;
     if (status >= 500) attributes['error.type'] = String(status);
     else if (errorType !== undefined) attributes['error.type'] = errorType;
-    this.duration.record((performance.now() - startedAt) / 1000, attributes);
+    const seconds = (performance.now() - startedAt) / 1000;
+    this.totals.requests += 1;
+    this.totals.seconds += seconds;
+    this.duration.record(seconds, attributes);
+  }
+
+  activeRequests(): number {
+    let total = 0;
+    for (const { count } of this.active.values()) total += count;
+    return total;
   }
 }
 
@@ -304,6 +315,12 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
 
   constructor(config: HttpServerInstrumentationConfig = {}) {
     super('koa-pm2-otel/http-server', '1.0.0', config);
+  }
+
+  /** Requests answered and their total duration since start, and requests in flight; undefined with metrics off. */
+  requestTotals(): { requests: number; seconds: number; active: number } | undefined {
+    const metrics = this.serverMetrics;
+    return metrics === undefined ? undefined : { ...metrics.totals, active: metrics.activeRequests() };
   }
 
   protected override _updateMetricInstruments(): void {

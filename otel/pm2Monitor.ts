@@ -1,5 +1,5 @@
 /**
- * Shows a worker's key metrics in `pm2 monit` and `pm2 describe`, through
+ * Shows a worker's key figures in `pm2 monit` and `pm2 describe`, through
  * PM2's own channel and without its agent.
  *
  * PM2's daemon stores whatever a worker sends as an `axm:monitor` process
@@ -10,18 +10,40 @@
  * (`pmx: false`: the agent would also wrap `http.Server`); the message needs
  * nothing but the IPC channel PM2 opens to each worker.
  *
- * This is a metric reader like the exporters': it collects the same
- * instruments every few seconds and turns them into the few figures a
- * console can show: request rate and mean latency over the last period,
- * requests in flight, event-loop delay, heap, and the span exporters' counts.
+ * Deliberately not a metric reader: the runtime instrumentation resets its
+ * event-loop delay histogram and utilisation window at every collection, so
+ * a reader collecting every 2 s would leave the exporters' figures covering
+ * only the last 2 s of their interval. The figures here come from the same
+ * sources (the server instrumentation's totals, the span exporters' counts)
+ * and from Node's own event-loop histogram and utilisation, read without
+ * side effects on the exported metrics.
  */
-import type { DataPoint, Histogram, MetricData, ResourceMetrics } from '@opentelemetry/sdk-metrics';
-
-const { MetricReader, DataPointType } = require('@opentelemetry/sdk-metrics') as typeof import('@opentelemetry/sdk-metrics');
+import { monitorEventLoopDelay, performance, type EventLoopUtilization, type ELDHistogram } from 'node:perf_hooks';
+import v8 from 'node:v8';
 
 export interface Probe {
-  readonly value: number | string;
-  readonly unit?: string;
+  readonly value: number;
+  readonly unit: string;
+}
+
+/** What the monitor reads at each period. */
+export interface Snapshot {
+  /** Date.now() */
+  readonly at: number;
+  /** The server instrumentation's totals; undefined if it does not run. */
+  readonly requests: { readonly requests: number; readonly seconds: number; readonly active: number } | undefined;
+  /** Event-loop delay p99 over the period, ms; undefined with too few samples. */
+  readonly delayP99Ms: number | undefined;
+  /** Event-loop utilisation over the period, 0..1. */
+  readonly utilization: number;
+  readonly heapUsedBytes: number;
+  /** The OTLP span exporters' counts; undefined without one. */
+  readonly spans: { readonly delivered: number; readonly dropped: number; readonly held: number } | undefined;
+}
+
+export interface MonitorSources {
+  requests(): Snapshot['requests'];
+  spans(): Snapshot['spans'];
 }
 
 type Send = (message: { type: 'axm:monitor'; data: Record<string, Probe> }) => void;
@@ -31,93 +53,67 @@ function round(value: number, digits: number): number {
   return Math.round(value * scale) / scale;
 }
 
-function points(metric: MetricData): Array<DataPoint<unknown>> {
-  return metric.dataPoints as Array<DataPoint<unknown>>;
-}
-
-function sumOf(metric: MetricData | undefined, filter: (attributes: DataPoint<unknown>['attributes']) => boolean = () => true): number | undefined {
-  if (metric === undefined) return undefined;
-  let total = 0;
-  for (const point of points(metric)) if (filter(point.attributes) && typeof point.value === 'number') total += point.value;
-  return total;
-}
-
-/**
- * Turns one collection into PM2 probes. `previous` holds the cumulative
- * request count and duration sum of the last collection, for rates.
- */
-export function toProbes(resourceMetrics: ResourceMetrics, previous: { at: number; count: number; sum: number } | undefined, now: number): { probes: Record<string, Probe>; totals: { at: number; count: number; sum: number } } {
-  const byName = new Map<string, MetricData>();
-  for (const scope of resourceMetrics.scopeMetrics) for (const metric of scope.metrics) byName.set(metric.descriptor.name, metric);
-
-  let count = 0;
-  let sum = 0;
-  const duration = byName.get('http.server.request.duration');
-  if (duration?.dataPointType === DataPointType.HISTOGRAM) {
-    for (const point of duration.dataPoints as Array<DataPoint<Histogram>>) {
-      count += point.value.count;
-      sum += point.value.sum ?? 0;
-    }
-  }
+/** Turns a snapshot, and the previous one for rates, into PM2 probes. */
+export function toProbes(current: Snapshot, previous: Snapshot | undefined): Record<string, Probe> {
   const probes: Record<string, Probe> = {};
-  if (previous !== undefined && now > previous.at) {
-    const requests = count - previous.count;
-    probes['HTTP req/s'] = { value: round((requests * 1000) / (now - previous.at), 1), unit: 'req/s' };
-    probes['HTTP mean latency'] = { value: requests > 0 ? round(((sum - previous.sum) / requests) * 1000, 2) : 0, unit: 'ms' };
+  const now = current.requests;
+  const before = previous?.requests;
+  if (now !== undefined) {
+    if (previous !== undefined && before !== undefined && current.at > previous.at) {
+      const requests = now.requests - before.requests;
+      probes['HTTP req/s'] = { value: round((requests * 1000) / (current.at - previous.at), 1), unit: 'req/s' };
+      probes['HTTP mean latency'] = { value: requests > 0 ? round(((now.seconds - before.seconds) / requests) * 1000, 2) : 0, unit: 'ms' };
+    }
+    probes['HTTP active'] = { value: now.active, unit: 'req' };
   }
-  const active = sumOf(byName.get('http.server.active_requests'));
-  if (active !== undefined) probes['HTTP active'] = { value: active, unit: 'req' };
-  const delay = sumOf(byName.get('nodejs.eventloop.delay.p99'));
-  if (delay !== undefined) probes['Event loop delay p99'] = { value: round(delay * 1000, 2), unit: 'ms' };
-  const utilization = sumOf(byName.get('nodejs.eventloop.utilization'));
-  if (utilization !== undefined) probes['Event loop utilization'] = { value: round(utilization * 100, 1), unit: '%' };
-  const heap = sumOf(byName.get('v8js.memory.heap.used'));
-  if (heap !== undefined) probes['Heap used'] = { value: round(heap / 1048576, 1), unit: 'MiB' };
-  const exported = byName.get('otel.sdk.exporter.span.exported');
-  if (exported !== undefined) {
-    probes['Spans exported'] = { value: sumOf(exported, (attributes) => attributes['error.type'] === undefined) ?? 0, unit: 'spans' };
-    probes['Spans dropped'] = { value: sumOf(exported, (attributes) => attributes['error.type'] !== undefined) ?? 0, unit: 'spans' };
+  if (current.delayP99Ms !== undefined) probes['Event loop delay p99'] = { value: round(current.delayP99Ms, 2), unit: 'ms' };
+  probes['Event loop utilization'] = { value: round(current.utilization * 100, 1), unit: '%' };
+  probes['Heap used'] = { value: round(current.heapUsedBytes / 1048576, 1), unit: 'MiB' };
+  if (current.spans !== undefined) {
+    probes['Spans exported'] = { value: current.spans.delivered, unit: 'spans' };
+    probes['Spans dropped'] = { value: current.spans.dropped, unit: 'spans' };
+    probes['Spans held'] = { value: current.spans.held, unit: 'spans' };
   }
-  const held = sumOf(byName.get('otel.sdk.exporter.span.inflight'));
-  if (held !== undefined) probes['Spans held'] = { value: held, unit: 'spans' };
-  return { probes, totals: { at: now, count, sum } };
+  return probes;
 }
 
-/** Sends the probes to PM2 every `intervalMs` (cumulative temporality: rates are computed here). */
-export class Pm2MonitorReader extends MetricReader {
-  private timer: NodeJS.Timeout | undefined;
-  private previous: { at: number; count: number; sum: number } | undefined;
+/** Sends the probes to PM2 every `intervalMs`. */
+export class Pm2Monitor {
+  private readonly delay: ELDHistogram = monitorEventLoopDelay({ resolution: 10 });
+  private utilization: EventLoopUtilization = performance.eventLoopUtilization();
+  private previous: Snapshot | undefined;
+  private readonly timer: NodeJS.Timeout;
 
   constructor(
     private readonly send: Send,
-    private readonly intervalMs = 2000,
+    private readonly sources: MonitorSources,
+    intervalMs = 2000,
   ) {
-    super();
-  }
-
-  protected override onInitialized(): void {
-    this.timer = setInterval(() => void this.report(), this.intervalMs);
+    this.delay.enable();
+    this.timer = setInterval(() => this.report(), intervalMs);
     // The monitor must never keep a finished worker alive.
     this.timer.unref();
   }
 
-  private async report(): Promise<void> {
-    try {
-      const { resourceMetrics } = await this.collect();
-      const { probes, totals } = toProbes(resourceMetrics, this.previous, Date.now());
-      this.previous = totals;
-      if (Object.keys(probes).length > 0) this.send({ type: 'axm:monitor', data: probes });
-    } catch {
-      // The channel to PM2 is gone (the worker is stopping): nothing to show.
-    }
+  private report(): void {
+    const utilization = performance.eventLoopUtilization();
+    const snapshot: Snapshot = {
+      at: Date.now(),
+      requests: this.sources.requests(),
+      // Fewer than 5 samples of 10 ms: the period was too short to tell.
+      delayP99Ms: this.delay.count >= 5 ? this.delay.percentile(99) / 1e6 : undefined,
+      utilization: performance.eventLoopUtilization(utilization, this.utilization).utilization,
+      heapUsedBytes: v8.getHeapStatistics().used_heap_size,
+      spans: this.sources.spans(),
+    };
+    this.delay.reset();
+    this.utilization = utilization;
+    this.send({ type: 'axm:monitor', data: toProbes(snapshot, this.previous) });
+    this.previous = snapshot;
   }
 
-  protected override onForceFlush(): Promise<void> {
-    return Promise.resolve();
-  }
-
-  protected override onShutdown(): Promise<void> {
+  stop(): void {
     clearInterval(this.timer);
-    return Promise.resolve();
+    this.delay.disable();
   }
 }

@@ -13,7 +13,7 @@
  *
  * Metrics are exported when `OTEL_METRICS_EXPORTER` (or an OTLP endpoint)
  * asks for them; without, no MeterProvider exists (see `metrics.ts`). Under
- * PM2 the same instruments feed `pm2 monit` (see `pm2Monitor.ts`).
+ * PM2 a worker's key figures then also show in `pm2 monit` (see `pm2Monitor.ts`).
  *
  * The app flushes telemetry at the right moment of its own shutdown through
  * the hook published on `globalThis` (see `src/telemetry.ts`). For a script
@@ -91,7 +91,7 @@ interface PrometheusModule {
   createPrometheusReader(options: { host: string; port: number; pm2: Pm2Process | undefined; report: (level: 'info' | 'warn' | 'error', message: string) => void }): MetricReader;
 }
 
-/** The metric readers `OTEL_METRICS_EXPORTER` asks for, plus PM2's monitor under PM2. */
+/** The metric readers `OTEL_METRICS_EXPORTER` asks for. */
 function createMetricReaders(settings: TelemetrySettings, pm2: Pm2Process | undefined, secrets: readonly string[]): MetricReader[] {
   const metrics = settings.metrics;
   if (metrics.exporters.length === 0) return [];
@@ -108,16 +108,6 @@ function createMetricReaders(settings: TelemetrySettings, pm2: Pm2Process | unde
       const reason = missing ? 'is not available in this build' : `failed to start: ${error instanceof Error ? error.message : String(error)}`;
       report('warn', `OTEL_METRICS_EXPORTER: the prometheus exporter ${reason}; the other exporters listed still run`);
     }
-  }
-  // PM2's channel: a worker in cluster mode is connected to the daemon by IPC.
-  if (pm2 !== undefined && typeof process.send === 'function') {
-    const { Pm2MonitorReader } = require('./pm2Monitor') as typeof import('./pm2Monitor');
-    readers.push(
-      new Pm2MonitorReader((message) => {
-        // A send on a closed channel would emit 'error' on process: ask for a callback instead.
-        if (process.connected) process.send?.(message, undefined, {}, () => undefined);
-      }),
-    );
   }
   return readers;
 }
@@ -202,19 +192,39 @@ function start(): void {
     );
   }
 
+  const spanStats = (): { delivered: number; dropped: number; held: number } => {
+    const totals = { delivered: 0, dropped: 0, held: 0 };
+    for (const exporter of retryingExporters) {
+      const stats = exporter.getStats();
+      totals.delivered += stats.delivered;
+      totals.dropped += stats.dropped;
+      totals.held += stats.held;
+    }
+    return totals;
+  };
+
+  // PM2's monitor, with metrics on: a worker under PM2 is connected to the daemon by IPC.
+  let monitor: { stop(): void } | undefined;
+  if (metricReaders.length > 0 && pm2 !== undefined && typeof process.send === 'function') {
+    const { Pm2Monitor } = require('./pm2Monitor') as typeof import('./pm2Monitor');
+    const { HttpServerInstrumentation } = require('./httpServerInstrumentation') as typeof import('./httpServerInstrumentation');
+    const server = instrumentations.find((instrumentation) => instrumentation instanceof HttpServerInstrumentation);
+    monitor = new Pm2Monitor(
+      (message) => {
+        // A send on a closed channel would emit 'error' on process: ask for a callback instead.
+        if (process.connected) process.send?.(message, undefined, {}, () => undefined);
+      },
+      { requests: () => server?.requestTotals(), spans: () => (retryingExporters.length > 0 ? spanStats() : undefined) },
+    );
+  }
+
   let stopping: Promise<void> | undefined;
   const hook = {
-    shutdown: (ms: number) => (stopping ??= withTimeout(sdk.shutdown(), ms)),
-    stats: () => {
-      const totals = { delivered: 0, dropped: 0, held: 0 };
-      for (const exporter of retryingExporters) {
-        const stats = exporter.getStats();
-        totals.delivered += stats.delivered;
-        totals.dropped += stats.dropped;
-        totals.held += stats.held;
-      }
-      return totals;
+    shutdown: (ms: number) => {
+      monitor?.stop();
+      return (stopping ??= withTimeout(sdk.shutdown(), ms));
     },
+    stats: spanStats,
   };
   (globalThis as Record<symbol, unknown>)[TELEMETRY_HOOK] = hook;
 
