@@ -14,7 +14,8 @@
  *
  * Configs, each as 2 workers (PM2 cluster mode from the kit's own
  * ecosystem.config.js, or gunicorn): `off` (OTEL_SDK_DISABLED=true), `kit`
- * (the kit's defaults, exporting to a local OTLP/gRPC sink), `textbook`
+ * (traces only, exporting to a local OTLP/gRPC sink), `metrics` (the kit's
+ * defaults with an endpoint: traces and metrics to the same sink), `textbook`
  * (the NodeSDK preload the guides show, same sink) and `python` (the seed's
  * FastAPI app, uninstrumented; skipped if not installed).
  *
@@ -224,11 +225,13 @@ async function main() {
       console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${oneLine(result)}`);
     }
   }
+  const metricExports = (await sink.stats()).metricExports;
   await cleanupAll();
 
   const summaries = report.summarize(configs, runs);
   const tables = [report.summaryTable(summaries, opts.rounds), report.ratioTable(summaries), report.roundsTable(runs)];
   const notes = notesFor(summaries, { pythonNote, loadName: load.name, runs, envFile: kitEnvFile(), quietWaitS: opts.quietWaitS });
+  if (configs.some((c) => c.id === 'metrics')) notes.push(`metrics: the sink answered ${metricExports} metrics exports over the whole run (only the metrics config sends them).`);
   const header = `${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB · Node ${host.node} · ${host.date.slice(0, 16).replace('T', ' ')} UTC · ${opts.rounds} round(s) × ${opts.durationS} s`;
 
   console.log(`\n${header}\n`);

@@ -2,7 +2,8 @@
 'use strict';
 
 /**
- * The benchmark's collector: an OTLP/gRPC trace receiver that only counts.
+ * The benchmark's collector: an OTLP/gRPC trace receiver that only counts
+ * (and takes metrics exports, counting only the calls).
  *
  * It runs in a child process of the bench driver (`fork`), so the work of
  * receiving spans is not done on the driver's event loop. It decodes nothing
@@ -19,6 +20,7 @@
 const grpc = require('@grpc/grpc-js');
 
 const EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
+const METRICS_EXPORT_PATH = '/opentelemetry.proto.collector.metrics.v1.MetricsService/Export';
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -29,10 +31,12 @@ const EMPTY = Buffer.alloc(0);
  * @property {number} malformed    payloads the walker could not parse
  * @property {number} lastExportAt Date.now() of the last Export, 0 if none
  * @property {number} cpuMicros    the sink's own CPU time (user + system)
+ * @property {number} metricExports  metrics Export calls answered
+ * @property {number} metricBytes    their payload bytes
  */
 
 /** @type {SinkStats} */
-const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0 };
+const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0, metricExports: 0, metricBytes: 0 };
 
 /**
  * Reads a base-128 varint at `offset`.
@@ -152,6 +156,9 @@ const RAW_TRACE_SERVICE = {
   },
 };
 
+/** The OTLP metrics service, same raw shape. @type {grpc.ServiceDefinition} */
+const RAW_METRICS_SERVICE = { Export: { ...RAW_TRACE_SERVICE.Export, path: METRICS_EXPORT_PATH } };
+
 /**
  * Starts the gRPC server on 127.0.0.1.
  * @param {number} port 0 for any free port
@@ -163,6 +170,14 @@ function listen(port) {
     /** @type {grpc.handleUnaryCall<Buffer, Buffer>} */
     Export(call, callback) {
       record(call.request);
+      callback(null, EMPTY);
+    },
+  });
+  server.addService(RAW_METRICS_SERVICE, {
+    /** @type {grpc.handleUnaryCall<Buffer, Buffer>} */
+    Export(call, callback) {
+      stats.metricExports += 1;
+      stats.metricBytes += call.request.length;
       callback(null, EMPTY);
     },
   });

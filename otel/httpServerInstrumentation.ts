@@ -23,12 +23,18 @@
  * - runs the handler in one light context holding the span and the RPC
  *   metadata (`RequestContext` below) instead of two copied ones.
  *
+ * With metrics on, it also records the stable HTTP server metrics the
+ * library would (`http.server.request.duration`) and the one it does not
+ * (`http.server.active_requests`), from the same request, at the cost of one
+ * histogram record and two counter updates: see {@link ServerMetrics}.
+ *
  * The library still instruments outgoing requests (`http.request`/`get`),
  * configured with `disableIncomingRequestInstrumentation: true`.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errorMonitor } from 'node:events';
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, createContextKey, propagation, trace, type Attributes, type Context, type Span } from '@opentelemetry/api';
+import { performance } from 'node:perf_hooks';
+import { INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanKind, SpanStatusCode, context, createContextKey, propagation, trace, type Attributes, type Context, type Histogram, type Meter, type Span } from '@opentelemetry/api';
 import { RPCType, getRPCMetadata, setRPCMetadata, suppressTracing, type RPCMetadata } from '@opentelemetry/core';
 import { InstrumentationBase, InstrumentationNodeModuleDefinition, isWrapped, type InstrumentationConfig } from '@opentelemetry/instrumentation';
 import forwardedParse from 'forwarded-parse';
@@ -36,6 +42,11 @@ import forwardedParse from 'forwarded-parse';
 export interface HttpServerInstrumentationConfig extends InstrumentationConfig {
   /** Request paths (without query) that produce no span. */
   excludedPaths?: readonly string[];
+  /**
+   * Records the HTTP server metrics. Off unless a metrics exporter runs, so
+   * that traces alone cost what they did.
+   */
+  metrics?: boolean;
 }
 
 type Component = 'http' | 'https';
@@ -230,6 +241,69 @@ function requestContext(parent: Context, span: Span, rpc: RPCMetadata): Context 
   return lightContexts ? light : setRPCMetadata(trace.setSpan(parent, span), rpc);
 }
 
+/** Semantic conventions' recommended boundaries for `http.server.request.duration`, in seconds. */
+export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
+
+/**
+ * The stable HTTP server metrics, by the semantic conventions:
+ *
+ * - `http.server.request.duration` (histogram, seconds), with
+ *   `http.request.method` (known methods, else `_OTHER`), `url.scheme`,
+ *   `http.response.status_code`, `http.route` (the route template the app
+ *   matched, never the raw path: absent when none matched) and `error.type`
+ *   on a 5xx. Every attribute comes from a closed set, so hostile paths add
+ *   no series.
+ * - `http.server.active_requests` (up-down counter, method and scheme),
+ *   observed from a plain number per method rather than recorded twice a
+ *   request: the same data, without two attribute hashes on the request path.
+ */
+class ServerMetrics {
+  private readonly active = new Map<string, { count: number; readonly attributes: Attributes }>();
+  /** Totals since start, for PM2's monitor (see pm2Monitor.ts). */
+  readonly totals = { requests: 0, seconds: 0 };
+
+  constructor(private readonly duration: Histogram, meter: Meter) {
+    meter
+      .createObservableUpDownCounter('http.server.active_requests', {
+        unit: '{request}',
+        description: 'Number of active HTTP server requests.',
+      })
+      .addCallback((result) => {
+        for (const { count, attributes } of this.active.values()) result.observe(count, attributes);
+      });
+  }
+
+  /** Counts a request as active; returns its slot, to release when it ends. */
+  begin(method: string, component: Component): { count: number } {
+    const key = component === 'http' ? method : `${method} https`;
+    let slot = this.active.get(key);
+    if (slot === undefined) {
+      slot = { count: 0, attributes: { 'http.request.method': method, 'url.scheme': component } };
+      this.active.set(key, slot);
+    }
+    slot.count += 1;
+    return slot;
+  }
+
+  end(slot: { count: number }, startedAt: number, method: string, component: Component, status: number, route: string | undefined, errorType: string | undefined): void {
+    slot.count -= 1;
+    const attributes: Attributes = { 'http.request.method': method, 'url.scheme': component, 'http.response.status_code': status };
+    if (route) attributes['http.route'] = route;
+    if (status >= 500) attributes['error.type'] = String(status);
+    else if (errorType !== undefined) attributes['error.type'] = errorType;
+    const seconds = (performance.now() - startedAt) / 1000;
+    this.totals.requests += 1;
+    this.totals.seconds += seconds;
+    this.duration.record(seconds, attributes);
+  }
+
+  activeRequests(): number {
+    let total = 0;
+    for (const { count } of this.active.values()) total += count;
+    return total;
+  }
+}
+
 function setError(span: Span, error: Error): void {
   span.setAttribute('error.type', error.name);
   span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
@@ -237,8 +311,27 @@ function setError(span: Span, error: Error): void {
 }
 
 export class HttpServerInstrumentation extends InstrumentationBase<HttpServerInstrumentationConfig> {
+  /** Set once a real MeterProvider is given (NodeSDK does it at start), if metrics are on. */
+  declare private serverMetrics: ServerMetrics | undefined;
+
   constructor(config: HttpServerInstrumentationConfig = {}) {
     super('koa-pm2-otel/http-server', '1.0.0', config);
+  }
+
+  /** Requests answered and their total duration since start, and requests in flight; undefined with metrics off. */
+  requestTotals(): { requests: number; seconds: number; active: number } | undefined {
+    const metrics = this.serverMetrics;
+    return metrics === undefined ? undefined : { ...metrics.totals, active: metrics.activeRequests() };
+  }
+
+  protected override _updateMetricInstruments(): void {
+    if (this.getConfig().metrics !== true) return;
+    const duration = this.meter.createHistogram('http.server.request.duration', {
+      unit: 's',
+      description: 'Duration of HTTP server requests.',
+      advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+    });
+    this.serverMetrics = new ServerMetrics(duration, this.meter);
   }
 
   protected init(): InstrumentationNodeModuleDefinition[] {
@@ -263,6 +356,7 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
 
   private patchEmit(original: Emit, component: Component): Emit {
     const tracer = (): typeof this.tracer => this.tracer;
+    const metrics = (): ServerMetrics | undefined => this.serverMetrics;
     const excluded = new Set(this.getConfig().excludedPaths ?? []);
     return function emit(this: unknown, event: string | symbol): boolean {
       // eslint-disable-next-line prefer-rest-params -- no array is allocated for the many other events
@@ -271,11 +365,22 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
       const request = args[1] as IncomingMessage;
       const response = args[2] as ServerResponse;
 
+      const serverMetrics = metrics();
       if (excluded.size > 0) {
         const url = request.url ?? '';
         const end = url.indexOf('?');
         if (excluded.has(end === -1 ? url : url.slice(0, end))) {
-          return context.with(suppressTracing(context.active()), () => original.apply(this, args as [string]));
+          if (serverMetrics === undefined) return context.with(suppressTracing(context.active()), () => original.apply(this, args as [string]));
+          // No span, but the request counts: the duration metric covers every
+          // request the server answered (semantic conventions), and a slow or
+          // failing health check is worth seeing. The RPC metadata lets the
+          // app name its route, as for any request.
+          const rpc: RPCMetadata = { type: RPCType.HTTP, span: trace.wrapSpanContext(INVALID_SPAN_CONTEXT) };
+          const methodName = normalizeMethod(request.method);
+          const slot = serverMetrics.begin(methodName, component);
+          const startedAt = performance.now();
+          response.once('close', () => serverMetrics.end(slot, startedAt, methodName, component, response.statusCode, rpc.route, undefined));
+          return context.with(setRPCMetadata(suppressTracing(context.active()), rpc), () => original.apply(this, args as [string]));
         }
       }
 
@@ -290,7 +395,12 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
       if (span.isRecording()) span.setAttributes(requestAttributes(request, component));
       const rpc: RPCMetadata = { type: RPCType.HTTP, span };
       let ended = false;
+      let errorType: string | undefined;
+      const methodName = serverMetrics === undefined ? '' : normalizeMethod(method);
+      const slot = serverMetrics?.begin(methodName, component);
+      const startedAt = serverMetrics === undefined ? 0 : performance.now();
       response.on('close', () => {
+        if (slot !== undefined) serverMetrics?.end(slot, startedAt, methodName, component, response.statusCode, rpc.route, errorType);
         if (ended) return;
         ended = true;
         const status = response.statusCode;
@@ -302,6 +412,7 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
         span.end();
       });
       response.on(errorMonitor, (error: Error) => {
+        errorType ??= error.name;
         if (ended) return;
         ended = true;
         setError(span, error);
@@ -313,6 +424,7 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
           return original.apply(this, args as [string]);
         } catch (error) {
           if (!ended && error instanceof Error) {
+            errorType ??= error.name;
             ended = true;
             setError(span, error);
             span.end();

@@ -39,7 +39,13 @@ export function loadInstrumentations(settings: TelemetrySettings): Instrumentati
   if (instrumentations.some((instrumentation) => instrumentation.instrumentationName === '@opentelemetry/instrumentation-http')) {
     const { HttpServerInstrumentation } = require('./httpServerInstrumentation') as typeof import('./httpServerInstrumentation');
     // Health checks are polled every few seconds by PM2 users and load balancers: no spans.
-    instrumentations.unshift(new HttpServerInstrumentation({ excludedPaths: settings.excludedPaths }));
+    instrumentations.unshift(new HttpServerInstrumentation({ excludedPaths: settings.excludedPaths, metrics: settings.metrics.exporters.length > 0 }));
+  }
+  // Event-loop delay and utilisation, heap and GC, when metrics are exported
+  // (and unless the bundle already brought it).
+  if (settings.metrics.exporters.length > 0 && !instrumentations.some((instrumentation) => instrumentation.instrumentationName === '@opentelemetry/instrumentation-runtime-node')) {
+    const { RuntimeNodeInstrumentation } = require('@opentelemetry/instrumentation-runtime-node') as typeof import('@opentelemetry/instrumentation-runtime-node');
+    instrumentations.push(new RuntimeNodeInstrumentation());
   }
   return instrumentations;
 }

@@ -11,6 +11,10 @@
  * Telemetry never takes the app down: a bad setting or an SDK that fails to
  * start costs one clear line on stderr, and the app serves uninstrumented.
  *
+ * Metrics are exported when `OTEL_METRICS_EXPORTER` (or an OTLP endpoint)
+ * asks for them; without, no MeterProvider exists (see `metrics.ts`). Under
+ * PM2 a worker's key figures then also show in `pm2 monit` (see `pm2Monitor.ts`).
+ *
  * The app flushes telemetry at the right moment of its own shutdown through
  * the hook published on `globalThis` (see `src/telemetry.ts`). For a script
  * without signal handlers of its own, the preload flushes on SIGINT/SIGTERM
@@ -18,6 +22,8 @@
  * registers no handler, so unflushed spans would die with the worker.
  */
 import module from 'node:module';
+import { randomUUID } from 'node:crypto';
+import type { MetricReader } from '@opentelemetry/sdk-metrics';
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { maskSecrets, RateLimitedDiagLogger, writeLine } from './diagLogger';
 import { PooledRandomIdGenerator } from './idGenerator';
@@ -53,7 +59,7 @@ function withTimeout(work: Promise<unknown>, ms: number, giveUp: () => boolean):
   });
 }
 
-/** The OTLP exporters' outage wrappers, whose counts the hook reports. */
+/** The OTLP exporters' outage wrappers, whose counts the hook and the health metrics report. */
 const retryingExporters: RetryingExporter[] = [];
 
 function createExporter(name: string, settings: TelemetrySettings, secrets: readonly string[]): SpanExporter {
@@ -85,6 +91,32 @@ function createOtlpExporter(otlp: NonNullable<TelemetrySettings['otlp']>): SpanE
   // standard variables, which readSettings has already checked.
   const { createOtlpTraceExporter } = require('./otlpTraceExporter') as typeof import('./otlpTraceExporter');
   return createOtlpTraceExporter(otlp.protocol, otlp.url);
+}
+
+/** What the prometheus endpoint module (`prometheus.ts`) offers, when the build has it. */
+interface PrometheusModule {
+  createPrometheusReader(options: { host: string; port: number; pm2: Pm2Process | undefined; report: (level: 'info' | 'warn' | 'error', message: string) => void }): MetricReader;
+}
+
+/** The metric readers `OTEL_METRICS_EXPORTER` asks for. */
+function createMetricReaders(settings: TelemetrySettings, pm2: Pm2Process | undefined, secrets: readonly string[]): MetricReader[] {
+  const metrics = settings.metrics;
+  if (metrics.exporters.length === 0) return [];
+  const report = (level: 'info' | 'warn' | 'error', message: string): void => writeLine(level, maskSecrets(message, secrets));
+  const { createPushReaders } = require('./metrics') as typeof import('./metrics');
+  const readers = createPushReaders(metrics, report);
+  if (metrics.exporters.includes('prometheus')) {
+    // One exporter failing must not take the others (or the traces) with it.
+    try {
+      const prometheus = require('./prometheus') as PrometheusModule;
+      readers.push(prometheus.createPrometheusReader({ ...metrics.prometheus, pm2, report }));
+    } catch (error) {
+      const missing = (error as { code?: unknown }).code === 'MODULE_NOT_FOUND' && String((error as Error).message).includes('prometheus');
+      const reason = missing ? 'is not available in this build' : `failed to start: ${error instanceof Error ? error.message : String(error)}`;
+      report('warn', `OTEL_METRICS_EXPORTER: the prometheus exporter ${reason}; the other exporters listed still run`);
+    }
+  }
+  return readers;
 }
 
 function pm2Attributes(pm2: Pm2Process | undefined): Record<string, string | number> {
@@ -125,8 +157,17 @@ function start(): void {
   const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
   const exporters = settings.exporters.map((name) => createExporter(name, settings, secrets));
   const spanProcessors: SpanProcessor[] = exporters.map((exporter) => new BatchSpanProcessor({ exporter, ...settings.batch }));
+  const metricReaders = createMetricReaders(settings, pm2, secrets);
   const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
+  // Each process writes its own series: a fresh service.instance.id, even
+  // with the serviceinstance detector off (which, on, sets its own). Two
+  // workers of one PM2 slot overlap during `pm2 reload`; a shared id would
+  // make them write the same cumulative series. See README, Metrics under PM2.
+  const baseAttributes = metricReaders.length > 0 ? { 'service.instance.id': randomUUID(), ...pm2Attributes(pm2) } : pm2Attributes(pm2);
+  if (metricReaders.length > 0 && pm2 !== undefined && /(?:^|,)\s*service\.instance\.id\s*=/.test(process.env.OTEL_RESOURCE_ATTRIBUTES ?? '')) {
+    writeLine('warn', 'OTEL_RESOURCE_ATTRIBUTES sets service.instance.id: every worker of this app then writes the same metric series; leave it unset (the kit gives each process its own)');
+  }
 
   // NodeSDK replaces the diag logger with a plain console one when
   // OTEL_LOG_LEVEL is set; ours (rate-limited, redacting) must stay.
@@ -135,42 +176,69 @@ function start(): void {
   let sdk: InstanceType<typeof NodeSDK>;
   try {
     sdk = new NodeSDK({
-      resource: defaultResource().merge(resourceFromAttributes(pm2Attributes(pm2))),
+      resource: defaultResource().merge(resourceFromAttributes(baseAttributes)),
       resourceDetectors: loadResourceDetectors(settings.resourceDetectors),
       instrumentations,
       spanProcessors,
       idGenerator: new PooledRandomIdGenerator(),
-      // Traces only: metrics and logs stay off until the kit exports them, so
-      // nothing retries against a collector that is not there.
-      metricReaders: [],
+      // Metrics as settings.ts decided (none without an endpoint, so nothing
+      // retries against a collector that is not there); logs stay off.
+      metricReaders,
       logRecordProcessors: [],
     });
   } finally {
     if (logLevel !== undefined) process.env.OTEL_LOG_LEVEL = logLevel;
   }
   sdk.start();
+  if (metricReaders.length > 0 && settings.otlp !== undefined) {
+    const { observeSpanExporters, spanExporterType } = require('./metrics') as typeof import('./metrics');
+    const type = spanExporterType(settings.otlp.protocol);
+    observeSpanExporters(
+      api.metrics.getMeter('koa-pm2-otel'),
+      retryingExporters.map((exporter) => ({ type, getStats: () => exporter.getStats() })),
+    );
+  }
+
+  const spanStats = (): { delivered: number; dropped: number; held: number } => {
+    const totals = { delivered: 0, dropped: 0, held: 0 };
+    for (const exporter of retryingExporters) {
+      const stats = exporter.getStats();
+      totals.delivered += stats.delivered;
+      totals.dropped += stats.dropped;
+      totals.held += stats.held;
+    }
+    return totals;
+  };
+
+  // PM2's monitor, with metrics on: a worker under PM2 is connected to the daemon by IPC.
+  let monitor: { stop(): void } | undefined;
+  if (metricReaders.length > 0 && pm2 !== undefined && typeof process.send === 'function') {
+    const { Pm2Monitor } = require('./pm2Monitor') as typeof import('./pm2Monitor');
+    const { HttpServerInstrumentation } = require('./httpServerInstrumentation') as typeof import('./httpServerInstrumentation');
+    const server = instrumentations.find((instrumentation) => instrumentation instanceof HttpServerInstrumentation);
+    monitor = new Pm2Monitor(
+      (message) => {
+        // A send on a closed channel would emit 'error' on process: ask for a callback instead.
+        if (process.connected) process.send?.(message, undefined, {}, () => undefined);
+      },
+      { requests: () => server?.requestTotals(), spans: () => (retryingExporters.length > 0 ? spanStats() : undefined) },
+    );
+  }
 
   let stopping: Promise<void> | undefined;
   const hook = {
     // Past the budget, the OTLP exporters stop waiting for a collector that
     // hangs and report, in the words of any other loss, how many spans they
     // held or had in flight: the worker exits in time, and says what it lost.
-    shutdown: (ms: number) =>
-      (stopping ??= withTimeout(sdk.shutdown(), ms, () => {
+    shutdown: (ms: number) => {
+      monitor?.stop();
+      return (stopping ??= withTimeout(sdk.shutdown(), ms, () => {
         let reported = false;
         for (const exporter of retryingExporters) reported = exporter.abandon() > 0 || reported;
         return reported;
-      })),
-    stats: () => {
-      const totals = { delivered: 0, dropped: 0, held: 0 };
-      for (const exporter of retryingExporters) {
-        const stats = exporter.getStats();
-        totals.delivered += stats.delivered;
-        totals.dropped += stats.dropped;
-        totals.held += stats.held;
-      }
-      return totals;
+      }));
     },
+    stats: spanStats,
   };
   (globalThis as Record<symbol, unknown>)[TELEMETRY_HOOK] = hook;
 

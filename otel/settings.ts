@@ -11,10 +11,12 @@ export type Env = Readonly<Record<string, string | undefined>>;
 
 export type OtlpProtocol = 'grpc' | 'http/protobuf' | 'http/json';
 export type TraceExporterName = 'otlp' | 'console';
+export type MetricExporterName = 'otlp' | 'prometheus' | 'console';
+export type TemporalityPreference = 'cumulative' | 'delta' | 'lowmemory';
 
 export interface OtlpSettings {
   readonly protocol: OtlpProtocol;
-  /** Full URL: for HTTP it includes the `/v1/traces` path. */
+  /** Full URL: for HTTP it includes the signal's path (`/v1/traces`, `/v1/metrics`). */
   readonly url: string;
   /** Decoded header names and values. Values are secrets: never log them. */
   readonly headers: Readonly<Record<string, string>>;
@@ -22,10 +24,22 @@ export interface OtlpSettings {
   readonly timeoutMillis: number;
 }
 
+export interface MetricsSettings {
+  /** Empty: no MeterProvider, no instrument records anything. */
+  readonly exporters: readonly MetricExporterName[];
+  readonly otlp: OtlpSettings | undefined;
+  readonly temporality: TemporalityPreference;
+  readonly exportIntervalMillis: number;
+  readonly exportTimeoutMillis: number;
+  /** Where the Prometheus endpoint listens, when `prometheus` is listed. */
+  readonly prometheus: { readonly host: string; readonly port: number };
+}
+
 export interface TelemetrySettings {
   readonly disabled: boolean;
   readonly exporters: readonly TraceExporterName[];
   readonly otlp: OtlpSettings | undefined;
+  readonly metrics: MetricsSettings;
   readonly resourceDetectors: readonly string[];
   readonly instrumentations: readonly string[];
   /** Request paths that produce no span (health checks). */
@@ -63,6 +77,7 @@ const SAMPLERS = [
 ];
 const PROPAGATORS = ['tracecontext', 'baggage', 'b3', 'b3multi', 'none'];
 const LOG_LEVELS = ['none', 'error', 'warn', 'info', 'debug', 'verbose', 'all'] as const;
+const TEMPORALITIES = ['cumulative', 'delta', 'lowmemory'] as const;
 
 function text(env: Env, name: string): string | undefined {
   const value = env[name]?.trim();
@@ -92,6 +107,13 @@ function nonNegative(env: Env, name: string, fallback: number): number {
   const raw = text(env, name);
   if (raw === undefined) return fallback;
   if (!/^\d+$/.test(raw)) throw new TelemetryConfigError(`${name} must be a non-negative integer, got "${raw}"`);
+  return Number(raw);
+}
+
+function positive(env: Env, name: string, fallback: number): number {
+  const raw = text(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) === 0) throw new TelemetryConfigError(`${name} must be a positive integer (milliseconds), got "${raw}"`);
   return Number(raw);
 }
 
@@ -162,7 +184,7 @@ export function parseHeaders(name: string, value: string | undefined): Record<st
  */
 export function secretsIn(env: Env): string[] {
   const secrets: string[] = [];
-  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
+  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS', 'OTEL_EXPORTER_OTLP_METRICS_HEADERS']) {
     for (const entry of env[name]?.split(',') ?? []) {
       const raw = entry.slice(entry.indexOf('=') + 1).trim();
       if (raw.length < 4) continue;
@@ -177,9 +199,10 @@ export function secretsIn(env: Env): string[] {
   return secrets.sort((a, b) => b.length - a.length);
 }
 
-function otlpSettings(env: Env): OtlpSettings {
-  const protocolVar = text(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL')
-    ? 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL'
+/** The OTLP settings of one signal: its own variables (`…_TRACES_…`, `…_METRICS_…`) over the generic ones. */
+function otlpSettings(env: Env, signal: 'TRACES' | 'METRICS'): OtlpSettings {
+  const protocolVar = text(env, `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`)
+    ? `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`
     : 'OTEL_EXPORTER_OTLP_PROTOCOL';
   const protocol = oneOf<OtlpProtocol>(protocolVar, text(env, protocolVar) ?? 'grpc', [
     'grpc',
@@ -189,21 +212,21 @@ function otlpSettings(env: Env): OtlpSettings {
 
   // A signal-specific endpoint is used as is; the generic one is a base URL
   // to which HTTP exporters append the signal's path (OTLP exporter spec).
-  const tracesEndpoint = text(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+  const signalEndpoint = text(env, `OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`);
   const baseEndpoint = text(env, 'OTEL_EXPORTER_OTLP_ENDPOINT');
   let target: string;
-  if (tracesEndpoint !== undefined) {
-    target = url('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', tracesEndpoint).href;
+  if (signalEndpoint !== undefined) {
+    target = url(`OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`, signalEndpoint).href;
   } else {
     const base = baseEndpoint ?? (protocol === 'grpc' ? 'http://localhost:4317' : 'http://localhost:4318');
     const parsed = url('OTEL_EXPORTER_OTLP_ENDPOINT', base);
-    if (protocol !== 'grpc') parsed.pathname = `${parsed.pathname.replace(/\/$/, '')}/v1/traces`;
+    if (protocol !== 'grpc') parsed.pathname = `${parsed.pathname.replace(/\/$/, '')}/v1/${signal.toLowerCase()}`;
     target = parsed.href;
   }
 
   const headers = {
     ...parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_HEADERS')),
-    ...parseHeaders('OTEL_EXPORTER_OTLP_TRACES_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS')),
+    ...parseHeaders(`OTEL_EXPORTER_OTLP_${signal}_HEADERS`, text(env, `OTEL_EXPORTER_OTLP_${signal}_HEADERS`)),
   };
   checkCompressionAndTimeout(env);
   // The exporter reads the same variables; the outage wrapper needs the value too.
@@ -241,6 +264,63 @@ function exporterNames(env: Env): TraceExporterName[] {
   if (names.includes('none')) return [];
   return names as TraceExporterName[];
 }
+
+function metricExporterNames(env: Env): MetricExporterName[] {
+  const names = listOf(env, 'OTEL_METRICS_EXPORTER', ['otlp', 'prometheus', 'console', 'none']);
+  if (names === undefined) {
+    // As the seed does, metrics go where an endpoint is set; without one
+    // nothing is exported (nor retried against a collector that is not there).
+    const hasEndpoint = text(env, 'OTEL_EXPORTER_OTLP_ENDPOINT') ?? text(env, 'OTEL_EXPORTER_OTLP_METRICS_ENDPOINT');
+    return hasEndpoint === undefined ? [] : ['otlp'];
+  }
+  if (names.includes('none')) return [];
+  return names as MetricExporterName[];
+}
+
+/** The metrics settings; every value is checked even when no exporter uses it, so a typo shows at once. */
+function metricsSettings(env: Env): MetricsSettings {
+  const exporters = metricExporterNames(env);
+  const temporality = oneOf(
+    'OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE',
+    text(env, 'OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE')?.toLowerCase() ?? 'cumulative',
+    TEMPORALITIES,
+  );
+  const exportIntervalMillis = positive(env, 'OTEL_METRIC_EXPORT_INTERVAL', 60000);
+  const timeoutSet = text(env, 'OTEL_METRIC_EXPORT_TIMEOUT') !== undefined;
+  let exportTimeoutMillis = positive(env, 'OTEL_METRIC_EXPORT_TIMEOUT', 30000);
+  if (exportTimeoutMillis > exportIntervalMillis) {
+    if (timeoutSet) {
+      throw new TelemetryConfigError(
+        `OTEL_METRIC_EXPORT_TIMEOUT (${exportTimeoutMillis}) must not exceed OTEL_METRIC_EXPORT_INTERVAL (${exportIntervalMillis})`,
+      );
+    }
+    // Only the interval was shortened: the default timeout follows it, as the SDK does.
+    exportTimeoutMillis = exportIntervalMillis;
+  }
+  const host = text(env, 'OTEL_EXPORTER_PROMETHEUS_HOST') ?? 'localhost';
+  const rawPort = text(env, 'OTEL_EXPORTER_PROMETHEUS_PORT');
+  if (rawPort !== undefined && (!/^\d{1,5}$/.test(rawPort) || Number(rawPort) > 65535)) {
+    throw new TelemetryConfigError(`OTEL_EXPORTER_PROMETHEUS_PORT must be a port number from 0 to 65535, got "${rawPort}"`);
+  }
+  return {
+    exporters,
+    otlp: exporters.includes('otlp') ? otlpSettings(env, 'METRICS') : undefined,
+    temporality,
+    exportIntervalMillis,
+    exportTimeoutMillis,
+    prometheus: { host, port: rawPort === undefined ? 9464 : Number(rawPort) },
+  };
+}
+
+/** Metrics off: what a disabled SDK, and the defaults, come down to. */
+const NO_METRICS: MetricsSettings = {
+  exporters: [],
+  otlp: undefined,
+  temporality: 'cumulative',
+  exportIntervalMillis: 60000,
+  exportTimeoutMillis: 30000,
+  prometheus: { host: 'localhost', port: 9464 },
+};
 
 function instrumentationNames(env: Env): string[] {
   const enabled = list(env, 'OTEL_NODE_ENABLED_INSTRUMENTATIONS') ?? DEFAULT_INSTRUMENTATIONS;
@@ -280,7 +360,7 @@ export function readSettings(env: Env): TelemetrySettings {
     throw new TelemetryConfigError('OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BSP_MAX_QUEUE_SIZE');
   }
   if (disabled) {
-    return { disabled, exporters: [], otlp: undefined, resourceDetectors: [], instrumentations: [], excludedPaths: [], logLevel, batch };
+    return { disabled, exporters: [], otlp: undefined, metrics: NO_METRICS, resourceDetectors: [], instrumentations: [], excludedPaths: [], logLevel, batch };
   }
   const exporters = exporterNames(env);
   checkSampler(env);
@@ -293,7 +373,8 @@ export function readSettings(env: Env): TelemetrySettings {
     disabled,
     exporters,
     // Checked whenever an OTLP exporter is in use, so a bad endpoint is caught at start.
-    otlp: exporters.includes('otlp') ? otlpSettings(env) : undefined,
+    otlp: exporters.includes('otlp') ? otlpSettings(env, 'TRACES') : undefined,
+    metrics: metricsSettings(env),
     resourceDetectors: listOf(env, 'OTEL_NODE_RESOURCE_DETECTORS', KNOWN_RESOURCE_DETECTORS) ?? DEFAULT_RESOURCE_DETECTORS,
     instrumentations: instrumentationNames(env),
     excludedPaths,

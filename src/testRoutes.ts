@@ -37,6 +37,17 @@ export function testRoutes(): Router {
     await new Promise((resolve) => setTimeout(resolve, ms));
     ctx.body = { pid: process.pid, ms };
   });
+  // Answers with the pid, then blocks the event loop for `ms` (a stuck worker).
+  router.get('/block', (ctx) => {
+    const ms = Math.min(Number(ctx.query.ms) || 0, 60_000);
+    ctx.res.once('finish', () =>
+      setImmediate(() => {
+        const until = Date.now() + ms;
+        while (Date.now() < until);
+      }),
+    );
+    ctx.body = { pid: process.pid, ms };
+  });
   router.get('/stats', (ctx) => {
     const memory = process.memoryUsage();
     ctx.body = {

@@ -47,11 +47,20 @@ const CONFIGS = [
   { id: 'off', title: 'kit, OTEL_SDK_DISABLED=true', short: 'no tracing', kind: 'pm2', traced: false, env: () => ({ OTEL_SDK_DISABLED: 'true' }) },
   {
     id: 'kit',
-    title: 'kit defaults: 100% sampled, OTLP/gRPC',
-    short: 'kit defaults',
+    title: 'kit, traces only: 100% sampled, OTLP/gRPC (OTEL_METRICS_EXPORTER=none)',
+    short: 'kit, traces',
     kind: 'pm2',
     traced: true,
-    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url }),
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none' }),
+  },
+  {
+    id: 'metrics',
+    title: 'kit defaults with an endpoint: traces and metrics over OTLP/gRPC (export every 5 s), PM2 monitor probes',
+    short: 'kit, traces + metrics',
+    kind: 'pm2',
+    traced: true,
+    // 5 s rather than the default 60 s, so that exports fall within each load.
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '5000' }),
   },
   {
     id: 'textbook',

@@ -6,7 +6,9 @@ import * as zlib from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
+import { OTLPMetricExporter as GrpcMetricExporter } from '@opentelemetry/exporter-metrics-otlp-grpc';
 import { OTLPTraceExporter as GrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
+import { MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
   BatchSpanProcessor,
@@ -327,5 +329,29 @@ describe('OTLP receiver', () => {
     await expect(receiver.waitFor((spans) => spans.some((s) => s.name === 'never'), 100)).rejects.toThrow(
       'OTLP receiver: condition not met within 100ms; 2 span(s) received: call downstream (summary-svc), GET /parent (summary-svc)',
     );
+  });
+});
+
+describe('OTLP receiver: metrics', () => {
+  it('decodes sums, gauges and histograms from the OTLP/gRPC metric exporter, flat with their resource', async () => {
+    const reader = new PeriodicExportingMetricReader({ exporter: new GrpcMetricExporter({ url: receiver.grpcUrl }), exportIntervalMillis: 60_000 });
+    const provider = new MeterProvider({ resource: resourceFromAttributes({ 'service.name': 'metrics-svc' }), readers: [reader] });
+    cleanups.push(() => provider.shutdown());
+    const meter = provider.getMeter('receiver-test');
+    meter.createCounter('test.counter', { unit: '{call}' }).add(3, { 'test.str': 'a' });
+    meter.createUpDownCounter('test.updown').add(-2);
+    meter.createGauge('test.gauge', { unit: 'By' }).record(1.5);
+    const histogram = meter.createHistogram('test.histogram', { unit: 's', advice: { explicitBucketBoundaries: [1, 10] } });
+    for (const value of [0.5, 2, 20]) histogram.record(value, { 'test.int': 7 });
+    await provider.forceFlush();
+
+    const byName = new Map(receiver.metrics.map((m) => [m.name, m]));
+    expect(byName.get('test.counter')).toMatchObject({ type: 'sum', monotonic: true, temporality: 2, unit: '{call}', value: 3, attributes: { 'test.str': 'a' }, resource: { 'service.name': 'metrics-svc' }, scope: 'receiver-test' });
+    expect(byName.get('test.updown')).toMatchObject({ type: 'sum', monotonic: false, value: -2 });
+    expect(byName.get('test.gauge')).toMatchObject({ type: 'gauge', value: 1.5, unit: 'By' });
+    expect(byName.get('test.histogram')).toMatchObject({ type: 'histogram', count: 3, value: 22.5, explicitBounds: [1, 10], bucketCounts: [1, 1, 1], attributes: { 'test.int': 7 } });
+    expect(receiver.metricRequests).toEqual([expect.objectContaining({ transport: 'grpc', dataPointCount: 4, accepted: true })]);
+    // Spans and metrics are kept apart.
+    expect(receiver.requests).toHaveLength(0);
   });
 });

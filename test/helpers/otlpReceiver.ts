@@ -1,7 +1,8 @@
 /**
  * A real OTLP trace receiver for tests: an OTLP/gRPC server and an OTLP/HTTP server
  * (protobuf, optionally gzip, and best-effort JSON) on random local ports, decoding
- * every export into flat {@link ReceivedSpan}s.
+ * every export into flat {@link ReceivedSpan}s. It takes OTLP metrics too (gRPC and
+ * HTTP protobuf, `/v1/metrics`), as flat {@link ReceivedMetric} data points.
  *
  * @example
  *   const receiver = await startReceiver();
@@ -41,6 +42,37 @@ export interface ReceivedSpan {
   endTimeUnixNano: bigint;
 }
 
+/** One metric data point as the receiver decoded it, flattened with its metric, resource and scope. */
+export interface ReceivedMetric {
+  name: string;
+  unit: string;
+  type: 'sum' | 'gauge' | 'histogram' | 'exponential_histogram' | 'summary';
+  /** OTLP AggregationTemporality number (1 DELTA, 2 CUMULATIVE), 0 for gauges. */
+  temporality: number;
+  /** Sums only. */
+  monotonic: boolean;
+  attributes: Record<string, unknown>;
+  resource: Record<string, unknown>;
+  scope: string;
+  /** Sum and gauge points: the value; histograms: the sum of the observations. */
+  value: number;
+  /** Histograms: the number of observations (0 otherwise). */
+  count: number;
+  /** Histograms: the explicit bucket boundaries and counts. */
+  explicitBounds: number[];
+  bucketCounts: number[];
+  startTimeUnixNano: bigint;
+  timeUnixNano: bigint;
+}
+
+/** One metrics export request as it arrived. */
+export interface ReceivedMetricRequest {
+  transport: 'grpc' | 'http';
+  headers: Record<string, string>;
+  dataPointCount: number;
+  accepted: boolean;
+}
+
 /** One export request as it arrived. */
 export interface ReceivedRequest {
   transport: 'grpc' | 'http';
@@ -77,7 +109,13 @@ export interface OtlpReceiver {
    * spans (requests are still recorded, with `accepted: false`). `'none'`: accept again.
    */
   setFailure(mode: 'none' | 'unavailable'): void;
-  /** Forget recorded spans and requests (arrays previously read stay untouched). */
+  /** Every accepted metric data point, in arrival order. */
+  readonly metrics: ReceivedMetric[];
+  /** One entry per metrics export request, including refused ones. */
+  readonly metricRequests: ReceivedMetricRequest[];
+  /** Like {@link waitFor}, for metric data points. */
+  waitForMetrics(predicate: (metrics: ReceivedMetric[]) => boolean, timeoutMs?: number): Promise<ReceivedMetric[]>;
+  /** Forget recorded spans, metrics and requests (arrays previously read stay untouched). */
   reset(): void;
   /** Stop both servers, dropping open connections, and reject pending `waitFor` calls. */
   close(): Promise<void>;
@@ -99,11 +137,17 @@ export interface ReceiverOptions {
 
 const GRPC_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
 const DEFAULT_WAIT_MS = 5000;
+const GRPC_METRICS_EXPORT_PATH = '/opentelemetry.proto.collector.metrics.v1.MetricsService/Export';
 
 const schema = protobuf.loadSync(path.join(__dirname, 'otlp-trace.proto'));
 const ExportRequest = schema.lookupType('opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest');
 const ExportResponse = schema.lookupType('opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse');
 const EMPTY_RESPONSE = Buffer.from(ExportResponse.encode(ExportResponse.create({})).finish());
+
+const metricsSchema = protobuf.loadSync(path.join(__dirname, 'otlp-metrics.proto'));
+const ExportMetricsRequest = metricsSchema.lookupType('opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest');
+const ExportMetricsResponse = metricsSchema.lookupType('opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceResponse');
+const EMPTY_METRICS_RESPONSE = Buffer.from(ExportMetricsResponse.encode(ExportMetricsResponse.create({})).finish());
 
 // Shape of `Type.toObject(msg, TO_OBJECT)`: camelCase keys, bytes as Buffer, 64-bit ints as
 // bigint, defaults filled in (unset sub-messages become null), oneof name in `value`.
@@ -187,6 +231,91 @@ function flattenRequest(req: PbExportRequest): ReceivedSpan[] {
           startTimeUnixNano: s.startTimeUnixNano,
           endTimeUnixNano: s.endTimeUnixNano,
         });
+      }
+    }
+  }
+  return out;
+}
+
+interface PbNumberPoint {
+  attributes: PbKeyValue[];
+  startTimeUnixNano: bigint;
+  timeUnixNano: bigint;
+  value?: string;
+  asDouble?: number;
+  asInt?: bigint;
+}
+interface PbHistogramPoint {
+  attributes: PbKeyValue[];
+  startTimeUnixNano: bigint;
+  timeUnixNano: bigint;
+  count: bigint;
+  sum?: number;
+  bucketCounts: bigint[];
+  explicitBounds: number[];
+}
+interface PbMetric {
+  name: string;
+  unit: string;
+  data?: string;
+  sum?: { dataPoints: PbNumberPoint[]; aggregationTemporality: number; isMonotonic: boolean } | null;
+  gauge?: { dataPoints: PbNumberPoint[] } | null;
+  histogram?: { dataPoints: PbHistogramPoint[]; aggregationTemporality: number } | null;
+  exponentialHistogram?: { dataPoints: PbHistogramPoint[]; aggregationTemporality: number } | null;
+  summary?: { dataPoints: PbHistogramPoint[] } | null;
+}
+interface PbExportMetricsRequest {
+  resourceMetrics: {
+    resource: { attributes: PbKeyValue[] } | null;
+    scopeMetrics: { scope: { name: string } | null; metrics: PbMetric[] }[];
+  }[];
+}
+
+function decodeMetrics(body: Uint8Array): ReceivedMetric[] {
+  const req = ExportMetricsRequest.toObject(ExportMetricsRequest.decode(body), TO_OBJECT) as PbExportMetricsRequest;
+  const out: ReceivedMetric[] = [];
+  for (const rm of req.resourceMetrics) {
+    const resource = attributesToJs(rm.resource?.attributes ?? []);
+    for (const sm of rm.scopeMetrics) {
+      for (const m of sm.metrics) {
+        const base = { name: m.name, unit: m.unit, resource, scope: sm.scope?.name ?? '' };
+        const number = (p: PbNumberPoint): number => (p.value === 'asInt' ? Number(p.asInt) : (p.asDouble ?? 0));
+        if (m.data === 'sum' || m.data === 'gauge') {
+          const data = m.data === 'sum' ? m.sum : m.gauge;
+          const sum = m.data === 'sum' ? m.sum : undefined;
+          for (const p of data?.dataPoints ?? []) {
+            out.push({
+              ...base,
+              type: m.data,
+              temporality: sum?.aggregationTemporality ?? 0,
+              monotonic: sum?.isMonotonic ?? false,
+              attributes: attributesToJs(p.attributes),
+              value: number(p),
+              count: 0,
+              explicitBounds: [],
+              bucketCounts: [],
+              startTimeUnixNano: p.startTimeUnixNano,
+              timeUnixNano: p.timeUnixNano,
+            });
+          }
+        } else if (m.data === 'histogram' || m.data === 'exponentialHistogram' || m.data === 'summary') {
+          const data = m.data === 'histogram' ? m.histogram : m.data === 'summary' ? m.summary : m.exponentialHistogram;
+          for (const p of data?.dataPoints ?? []) {
+            out.push({
+              ...base,
+              type: m.data === 'exponentialHistogram' ? 'exponential_histogram' : m.data,
+              temporality: (data as { aggregationTemporality?: number } | null | undefined)?.aggregationTemporality ?? 0,
+              monotonic: false,
+              attributes: attributesToJs(p.attributes),
+              value: p.sum ?? 0,
+              count: Number(p.count),
+              explicitBounds: p.explicitBounds ?? [],
+              bucketCounts: (p.bucketCounts ?? []).map(Number),
+              startTimeUnixNano: p.startTimeUnixNano,
+              timeUnixNano: p.timeUnixNano,
+            });
+          }
+        }
       }
     }
   }
@@ -280,8 +409,11 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
   const httpPaths = options.httpPaths ?? ['/v1/traces'];
   let spans: ReceivedSpan[] = [];
   let requests: ReceivedRequest[] = [];
+  let metrics: ReceivedMetric[] = [];
+  let metricRequests: ReceivedMetricRequest[] = [];
   let failure: 'none' | 'unavailable' = 'none';
   const listeners = new Set<() => void>();
+  const metricListeners = new Set<() => void>();
   const closers = new Set<(err: Error) => void>();
   const answerTimers = new Set<NodeJS.Timeout>();
   /** Runs `answer` now, or `answerAfterMs` later. */
@@ -301,6 +433,16 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
     if (accepted) {
       spans.push(...received);
       for (const notify of [...listeners]) notify();
+    }
+    return accepted;
+  };
+
+  const recordMetrics = (transport: ReceivedMetricRequest['transport'], headers: Record<string, string>, received: ReceivedMetric[]): boolean => {
+    const accepted = failure === 'none';
+    metricRequests.push({ transport, headers, dataPointCount: received.length, accepted });
+    if (accepted) {
+      metrics.push(...received);
+      for (const notify of [...metricListeners]) notify();
     }
     return accepted;
   };
@@ -331,12 +473,40 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
     },
   });
 
+  grpcServer.addService({ Export: { ...exportMethod, path: GRPC_METRICS_EXPORT_PATH } }, {
+    Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+      let received: ReceivedMetric[];
+      try {
+        received = decodeMetrics(call.request);
+      } catch (err) {
+        callback({ code: grpc.status.INVALID_ARGUMENT, details: `cannot decode ExportMetricsServiceRequest: ${String(err)}` });
+        return;
+      }
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(call.metadata.getMap())) headers[k] = typeof v === 'string' ? v : v.toString('base64');
+      if (recordMetrics('grpc', headers, received)) callback(null, EMPTY_METRICS_RESPONSE);
+      else callback({ code: grpc.status.UNAVAILABLE, details: 'test receiver is set to fail' });
+    },
+  });
+
   const httpServer = http.createServer((req, res) => {
     const reply = (status: number, contentType: string, body: string | Buffer): void => {
       res.writeHead(status, { 'Content-Type': contentType }).end(body);
     };
     void (async () => {
       const { pathname } = new URL(req.url ?? '/', 'http://receiver');
+      if (pathname === '/v1/metrics' && req.method === 'POST') {
+        let received: ReceivedMetric[];
+        try {
+          received = decodeMetrics(await readBody(req));
+        } catch (err) {
+          return reply(400, 'text/plain', `cannot decode ExportMetricsServiceRequest: ${String(err)}`);
+        }
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(req.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+        if (!recordMetrics('http', headers, received)) return reply(503, 'text/plain', 'test receiver is set to fail');
+        return reply(200, 'application/x-protobuf', EMPTY_METRICS_RESPONSE);
+      }
       if (!httpPaths.includes(pathname)) return reply(404, 'text/plain', 'not found');
       if (req.method !== 'POST') return reply(405, 'text/plain', 'method not allowed');
       const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
@@ -402,12 +572,45 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
         check();
       });
     },
+    get metrics() {
+      return metrics;
+    },
+    get metricRequests() {
+      return metricRequests;
+    },
+    waitForMetrics(predicate, timeoutMs = DEFAULT_WAIT_MS) {
+      return new Promise<ReceivedMetric[]>((resolve, reject) => {
+        const finish = (err?: Error): void => {
+          clearTimeout(timer);
+          metricListeners.delete(check);
+          closers.delete(finish);
+          if (err) reject(err);
+          else resolve([...metrics]);
+        };
+        const check = (): void => {
+          try {
+            if (predicate(metrics)) finish();
+          } catch (err) {
+            finish(err instanceof Error ? err : new Error(String(err)));
+          }
+        };
+        const timer = setTimeout(() => {
+          const names = [...new Set(metrics.map((m) => m.name))].slice(0, 20).join(', ');
+          finish(new Error(`OTLP receiver: metrics condition not met within ${timeoutMs}ms; ${metrics.length} data point(s) received${names ? `: ${names}` : ''}`));
+        }, timeoutMs);
+        metricListeners.add(check);
+        closers.add(finish);
+        check();
+      });
+    },
     setFailure(mode) {
       failure = mode;
     },
     reset() {
       spans = [];
       requests = [];
+      metrics = [];
+      metricRequests = [];
     },
     async close() {
       for (const finish of [...closers]) finish(new Error('OTLP receiver closed while waiting for spans'));

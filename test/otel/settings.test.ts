@@ -2,6 +2,7 @@ import {
   DEFAULT_RESOURCE_DETECTORS,
   parseHeaders,
   readSettings,
+  secretsIn,
   TelemetryConfigError,
   type Env,
 } from '../../otel/settings';
@@ -27,6 +28,14 @@ describe('readSettings', () => {
       disabled: false,
       exporters: ['console'],
       otlp: undefined,
+      metrics: {
+        exporters: [],
+        otlp: undefined,
+        temporality: 'cumulative',
+        exportIntervalMillis: 60000,
+        exportTimeoutMillis: 30000,
+        prometheus: { host: 'localhost', port: 9464 },
+      },
       resourceDetectors: DEFAULT_RESOURCE_DETECTORS,
       instrumentations: ['http', 'undici'],
       excludedPaths: ['/healthz', '/readyz'],
@@ -110,8 +119,10 @@ describe('readSettings', () => {
   });
 
   it('does not check OTLP settings when no OTLP exporter is in use', () => {
-    const settings = readSettings({ OTEL_TRACES_EXPORTER: 'console', OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' });
+    // An endpoint turns OTLP metrics on by default: off here, nothing uses it.
+    const settings = readSettings({ OTEL_TRACES_EXPORTER: 'console', OTEL_METRICS_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' });
     expect(settings.otlp).toBeUndefined();
+    expect(settings.metrics.otlp).toBeUndefined();
   });
 
   it.each(['true', 'TRUE', ' True '])('is disabled with OTEL_SDK_DISABLED=%j', (value) => {
@@ -301,6 +312,51 @@ describe('readSettings', () => {
         'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT must be a whole number of milliseconds, 1 or more, got "2.5"',
       ],
       [
+        'an unknown metrics exporter',
+        { OTEL_METRICS_EXPORTER: 'otlp,statsd' },
+        'OTEL_METRICS_EXPORTER: unknown value "statsd", expected one of otlp, prometheus, console, none',
+      ],
+      [
+        'an unknown metrics protocol',
+        { OTEL_METRICS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'udp' },
+        'OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: unknown value "udp", expected one of grpc, http/protobuf, http/json',
+      ],
+      [
+        'a metrics endpoint that is not a URL',
+        { OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'collector 4317' },
+        'OTEL_EXPORTER_OTLP_METRICS_ENDPOINT must be a URL such as http://localhost:4317, got "collector 4317"',
+      ],
+      [
+        'an unknown temporality preference',
+        { OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'sometimes' },
+        'OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: unknown value "sometimes", expected one of cumulative, delta, lowmemory',
+      ],
+      [
+        'an export interval that is not a positive integer',
+        { OTEL_METRIC_EXPORT_INTERVAL: '0' },
+        'OTEL_METRIC_EXPORT_INTERVAL must be a positive integer (milliseconds), got "0"',
+      ],
+      [
+        'an export timeout that is not an integer',
+        { OTEL_METRIC_EXPORT_TIMEOUT: '5s' },
+        'OTEL_METRIC_EXPORT_TIMEOUT must be a positive integer (milliseconds), got "5s"',
+      ],
+      [
+        'an export timeout longer than the interval',
+        { OTEL_METRIC_EXPORT_INTERVAL: '1000', OTEL_METRIC_EXPORT_TIMEOUT: '5000' },
+        'OTEL_METRIC_EXPORT_TIMEOUT (5000) must not exceed OTEL_METRIC_EXPORT_INTERVAL (1000)',
+      ],
+      [
+        'a Prometheus port out of range',
+        { OTEL_METRICS_EXPORTER: 'prometheus', OTEL_EXPORTER_PROMETHEUS_PORT: '99999' },
+        'OTEL_EXPORTER_PROMETHEUS_PORT must be a port number from 0 to 65535, got "99999"',
+      ],
+      [
+        'a malformed metrics header',
+        { OTEL_METRICS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_METRICS_HEADERS: 'novalue' },
+        'OTEL_EXPORTER_OTLP_METRICS_HEADERS: entry 1 of 1 is not key=value (values are not shown)',
+      ],
+      [
         'an instrumentation name that is not one',
         { OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'HTTP' },
         'OTEL_NODE_ENABLED_INSTRUMENTATIONS/OTEL_NODE_DISABLED_INSTRUMENTATIONS: "HTTP" is not an instrumentation name such as http or pg',
@@ -349,6 +405,81 @@ describe('readSettings', () => {
     expect(error).toBeInstanceOf(TelemetryConfigError);
     expect(error.message).not.toContain(SECRET);
     expect(error.message).toContain('OTEL_EXPORTER_OTLP_TRACES_HEADERS');
+  });
+});
+
+describe('readSettings: metrics', () => {
+  it('exports no metrics without an endpoint, so nothing retries against a missing collector', () => {
+    expect(readSettings({}).metrics.exporters).toEqual([]);
+    expect(readSettings({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://localhost:4317' }).metrics.exporters).toEqual([]);
+  });
+
+  it('sends metrics over OTLP/gRPC to the base endpoint, as the traces', () => {
+    const { metrics } = readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4317' });
+    expect(metrics.exporters).toEqual(['otlp']);
+    expect(metrics.otlp).toEqual({ protocol: 'grpc', url: 'http://collector:4317/', headers: {} });
+  });
+
+  it('appends /v1/metrics for HTTP and prefers the metrics-specific protocol, endpoint and headers', () => {
+    const http = readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otlp.example.com/base/', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' });
+    expect(http.metrics.otlp?.url).toBe('https://otlp.example.com/base/v1/metrics');
+    expect(http.otlp?.url).toBe('https://otlp.example.com/base/v1/traces');
+    const specific = readSettings({
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://localhost:4317',
+      OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'https://metrics.example.com/custom',
+      OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/json',
+      OTEL_EXPORTER_OTLP_HEADERS: 'a=1,b=2',
+      OTEL_EXPORTER_OTLP_METRICS_HEADERS: 'b=3',
+    });
+    expect(specific.metrics.otlp).toEqual({ protocol: 'http/json', url: 'https://metrics.example.com/custom', headers: { a: '1', b: '3' } });
+    expect(specific.otlp).toMatchObject({ protocol: 'grpc', headers: { a: '1', b: '2' } });
+  });
+
+  it('turns metrics on with only a metrics endpoint', () => {
+    const { metrics, exporters } = readSettings({ OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://localhost:4317' });
+    expect(metrics.exporters).toEqual(['otlp']);
+    expect(exporters).toEqual(['console']);
+  });
+
+  it('reads exporter lists, none, temporality, timing and the Prometheus address', () => {
+    const settings = readSettings({
+      OTEL_METRICS_EXPORTER: ' prometheus , console,prometheus',
+      OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'Delta',
+      OTEL_METRIC_EXPORT_INTERVAL: '10000',
+      OTEL_METRIC_EXPORT_TIMEOUT: '5000',
+      OTEL_EXPORTER_PROMETHEUS_HOST: '0.0.0.0',
+      OTEL_EXPORTER_PROMETHEUS_PORT: '9100',
+    });
+    expect(settings.metrics).toEqual({
+      exporters: ['prometheus', 'console'],
+      otlp: undefined,
+      temporality: 'delta',
+      exportIntervalMillis: 10000,
+      exportTimeoutMillis: 5000,
+      prometheus: { host: '0.0.0.0', port: 9100 },
+    });
+    expect(readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x:4317', OTEL_METRICS_EXPORTER: 'otlp,none' }).metrics.exporters).toEqual([]);
+  });
+
+  it('shortens the default timeout to a shorter interval', () => {
+    const { metrics } = readSettings({ OTEL_METRIC_EXPORT_INTERVAL: '1000' });
+    expect(metrics).toMatchObject({ exportIntervalMillis: 1000, exportTimeoutMillis: 1000 });
+  });
+
+  it('turns metrics off with the SDK', () => {
+    const settings = readSettings({ OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x:4317', OTEL_METRICS_EXPORTER: 'otlp' });
+    expect(settings.metrics.exporters).toEqual([]);
+  });
+
+  it('masks the metrics header values with the others', () => {
+    expect(secretsIn({ OTEL_EXPORTER_OTLP_METRICS_HEADERS: `authorization=Bearer%20${SECRET}` })).toEqual([`Bearer%20${SECRET}`, `Bearer ${SECRET}`]);
+  });
+
+  it('does not show a metrics header value that cannot be parsed', () => {
+    const error = errorFrom(() => readSettings({ OTEL_METRICS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_METRICS_HEADERS: `authorization=${SECRET}%E0%A4%A` }));
+    expect(error).toBeInstanceOf(TelemetryConfigError);
+    expect(error.message).not.toContain(SECRET);
+    expect(error.message).toContain('OTEL_EXPORTER_OTLP_METRICS_HEADERS');
   });
 });
 

@@ -1,0 +1,204 @@
+/**
+ * The metrics side of the preload: the readers that `OTEL_METRICS_EXPORTER`
+ * asks for, and the kit's own telemetry-health instruments.
+ *
+ * Loaded only when metrics are on (see `readSettings`): with no metrics
+ * exporter, no MeterProvider exists and no instrument records anything, so
+ * traces alone cost what they did.
+ *
+ * A metric export that fails is not held and retried as spans are: with the
+ * default cumulative temporality the next export carries the totals again, so
+ * an outage costs resolution, not counts, and memory stays what the series
+ * need. It costs a few log lines: one when it starts (at most one per 30 s for
+ * a flapping collector) and one when it ends.
+ */
+import type { Attributes, Meter } from '@opentelemetry/api';
+import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
+import type { AggregationOption, AggregationTemporality, InstrumentType, MetricReader, PushMetricExporter, ResourceMetrics } from '@opentelemetry/sdk-metrics';
+import type { ExportStats } from './retryingExporter';
+import type { MetricsSettings, OtlpProtocol } from './settings';
+
+type Report = (level: 'info' | 'warn' | 'error', message: string) => void;
+
+/** Where an OTLP exporter sends to, for log lines (never with credentials). */
+export function describeTarget(url: string): string {
+  const parsed = new URL(url);
+  return `${parsed.protocol}//${parsed.host}${parsed.pathname === '/' ? '' : parsed.pathname}`;
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) return error.message.split('\n')[0] ?? error.name;
+  return String(error);
+}
+
+/**
+ * Wraps an OTLP metric exporter: reports an outage in two lines instead of
+ * one error per interval, and takes a fresh exporter (a new gRPC channel)
+ * after a failure, as the span exporter does (see `retryingExporter.ts`).
+ */
+export class ReportingMetricExporter implements PushMetricExporter {
+  private outageStartedAt: number | undefined;
+  private failedExports = 0;
+  private lastOutageReport = -Infinity;
+  private outageReported = false;
+
+  constructor(
+    private inner: PushMetricExporter,
+    private readonly options: { readonly target: string; readonly report: Report; readonly renew?: () => PushMetricExporter },
+  ) {}
+
+  export(metrics: ResourceMetrics, resultCallback: (result: ExportResult) => void): void {
+    this.inner.export(metrics, (result) => {
+      if (result.code === ExportResultCode.SUCCESS) this.endOutage();
+      else this.failed(result.error);
+      // Reported here: the reader would log an error for each failed interval.
+      resultCallback({ code: ExportResultCode.SUCCESS });
+    });
+  }
+
+  private failed(error: unknown): void {
+    this.failedExports += 1;
+    if (this.outageStartedAt === undefined) {
+      this.outageStartedAt = Date.now();
+      this.outageReported = this.outageStartedAt - this.lastOutageReport >= 30_000;
+      if (this.outageReported) {
+        this.lastOutageReport = this.outageStartedAt;
+        this.options.report('warn', `cannot export metrics to ${this.options.target}: ${describe(error)}; trying again at each interval`);
+      }
+    }
+    if (this.options.renew !== undefined) {
+      const old = this.inner;
+      this.inner = this.options.renew();
+      void old.shutdown().catch(() => undefined);
+    }
+  }
+
+  private endOutage(): void {
+    if (this.outageStartedAt === undefined) return;
+    if (this.outageReported) {
+      const seconds = ((Date.now() - this.outageStartedAt) / 1000).toFixed(1);
+      this.options.report('info', `metrics export to ${this.options.target} recovered after ${seconds} s (${this.failedExports} exports failed)`);
+    }
+    this.outageStartedAt = undefined;
+    this.failedExports = 0;
+  }
+
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush();
+  }
+
+  shutdown(): Promise<void> {
+    if (this.outageStartedAt !== undefined && this.outageReported) {
+      this.options.report('warn', `metrics not delivered at shutdown: collector at ${this.options.target} unreachable`);
+    }
+    return this.inner.shutdown();
+  }
+
+  selectAggregationTemporality(instrumentType: InstrumentType): AggregationTemporality {
+    return this.inner.selectAggregationTemporality!(instrumentType);
+  }
+
+  selectAggregation(instrumentType: InstrumentType): AggregationOption {
+    return this.inner.selectAggregation!(instrumentType);
+  }
+}
+
+const TEMPORALITY = { delta: 0, cumulative: 1, lowmemory: 2 } as const;
+
+/** The library's OTLP metric exporter for the protocol; it reads headers, compression and timeout from the standard variables. */
+export function createOtlpMetricExporter(protocol: OtlpProtocol, url: string, temporality: MetricsSettings['temporality']): PushMetricExporter {
+  const config = { url, temporalityPreference: TEMPORALITY[temporality] };
+  switch (protocol) {
+    case 'grpc': {
+      const { OTLPMetricExporter } = require('@opentelemetry/exporter-metrics-otlp-grpc') as typeof import('@opentelemetry/exporter-metrics-otlp-grpc');
+      return new OTLPMetricExporter(config);
+    }
+    case 'http/protobuf': {
+      const { OTLPMetricExporter } = require('@opentelemetry/exporter-metrics-otlp-proto') as typeof import('@opentelemetry/exporter-metrics-otlp-proto');
+      return new OTLPMetricExporter(config);
+    }
+    case 'http/json': {
+      const { OTLPMetricExporter } = require('@opentelemetry/exporter-metrics-otlp-http') as typeof import('@opentelemetry/exporter-metrics-otlp-http');
+      return new OTLPMetricExporter(config);
+    }
+  }
+}
+
+/**
+ * The readers for `OTEL_METRICS_EXPORTER`, except `prometheus`, which
+ * `register.ts` asks `prometheus.ts` for.
+ */
+export function createPushReaders(settings: MetricsSettings, report: Report): MetricReader[] {
+  const { PeriodicExportingMetricReader, ConsoleMetricExporter } = require('@opentelemetry/sdk-metrics') as typeof import('@opentelemetry/sdk-metrics');
+  const timing = { exportIntervalMillis: settings.exportIntervalMillis, exportTimeoutMillis: settings.exportTimeoutMillis };
+  const readers: MetricReader[] = [];
+  for (const name of settings.exporters) {
+    if (name === 'console') {
+      readers.push(new PeriodicExportingMetricReader({ exporter: new ConsoleMetricExporter(), ...timing }));
+    } else if (name === 'otlp') {
+      const otlp = settings.otlp;
+      if (otlp === undefined) throw new Error('OTLP metrics settings missing');
+      const make = (): PushMetricExporter => createOtlpMetricExporter(otlp.protocol, otlp.url, settings.temporality);
+      const exporter = new ReportingMetricExporter(make(), { target: describeTarget(otlp.url), report, renew: make });
+      readers.push(new PeriodicExportingMetricReader({ exporter, ...timing }));
+    }
+  }
+  return readers;
+}
+
+/** A span exporter whose counts the health instruments observe, and what to call it. */
+export interface SpanExporterHealth {
+  /** `otel.component.type`, e.g. `otlp_grpc_span_exporter`. */
+  readonly type: string;
+  readonly getStats: () => ExportStats;
+}
+
+const COMPONENT_TYPES: Record<OtlpProtocol, string> = {
+  grpc: 'otlp_grpc_span_exporter',
+  'http/protobuf': 'otlp_http_span_exporter',
+  'http/json': 'otlp_http_json_span_exporter',
+};
+
+export function spanExporterType(protocol: OtlpProtocol): string {
+  return COMPONENT_TYPES[protocol];
+}
+
+/**
+ * The kit's telemetry health, by the semantic conventions' SDK metrics, read
+ * from the outage wrappers of the OTLP span exporters when collected:
+ *
+ * - `otel.sdk.exporter.span.exported`: spans whose export finished, without
+ *   `error.type` when delivered, with `error.type=dropped` when lost (beyond
+ *   the hold of an outage, refused by the collector, or still held at
+ *   shutdown);
+ * - `otel.sdk.exporter.span.inflight`: spans passed to the exporter and not
+ *   yet exported, which is what the wrapper holds through an outage (the
+ *   conventions count retries and backoff as in flight).
+ */
+export function observeSpanExporters(meter: Meter, exporters: readonly SpanExporterHealth[]): void {
+  if (exporters.length === 0) return;
+  const components = exporters.map((exporter, index) => {
+    const attributes: Attributes = { 'otel.component.type': exporter.type, 'otel.component.name': `${exporter.type}/${index}` };
+    return { exporter, attributes, dropped: { ...attributes, 'error.type': 'dropped' } };
+  });
+  meter
+    .createObservableCounter('otel.sdk.exporter.span.exported', {
+      unit: '{span}',
+      description: 'The number of spans for which the export has finished, either successful or failed.',
+    })
+    .addCallback((result) => {
+      for (const { exporter, attributes, dropped } of components) {
+        const stats = exporter.getStats();
+        result.observe(stats.delivered, attributes);
+        result.observe(stats.dropped, dropped);
+      }
+    });
+  meter
+    .createObservableUpDownCounter('otel.sdk.exporter.span.inflight', {
+      unit: '{span}',
+      description: 'The number of spans which were passed to the exporter, but that have not been exported yet.',
+    })
+    .addCallback((result) => {
+      for (const { exporter, attributes } of components) result.observe(exporter.getStats().held, attributes);
+    });
+}
