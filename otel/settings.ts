@@ -228,9 +228,9 @@ function otlpSettings(env: Env, signal: 'TRACES' | 'METRICS'): OtlpSettings {
     ...parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', text(env, 'OTEL_EXPORTER_OTLP_HEADERS')),
     ...parseHeaders(`OTEL_EXPORTER_OTLP_${signal}_HEADERS`, text(env, `OTEL_EXPORTER_OTLP_${signal}_HEADERS`)),
   };
-  checkCompressionAndTimeout(env);
+  checkCompressionAndTimeout(env, signal);
   // The exporter reads the same variables; the outage wrapper needs the value too.
-  const timeoutText = text(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? text(env, 'OTEL_EXPORTER_OTLP_TIMEOUT');
+  const timeoutText = text(env, `OTEL_EXPORTER_OTLP_${signal}_TIMEOUT`) ?? text(env, 'OTEL_EXPORTER_OTLP_TIMEOUT');
   const timeoutMillis = timeoutText === undefined ? 10000 : Number(timeoutText);
   return { protocol, url: target, headers, timeoutMillis };
 }
@@ -241,12 +241,12 @@ function otlpSettings(env: Env, signal: 'TRACES' | 'METRICS'): OtlpSettings {
  * compression, or 10 s): check them here so that a mistake is one clear line.
  * The exporters accept exactly `gzip` or `none`, and a timeout above 0.
  */
-function checkCompressionAndTimeout(env: Env): void {
-  for (const name of ['OTEL_EXPORTER_OTLP_COMPRESSION', 'OTEL_EXPORTER_OTLP_TRACES_COMPRESSION']) {
+function checkCompressionAndTimeout(env: Env, signal: 'TRACES' | 'METRICS'): void {
+  for (const name of ['OTEL_EXPORTER_OTLP_COMPRESSION', `OTEL_EXPORTER_OTLP_${signal}_COMPRESSION`]) {
     const value = text(env, name);
     if (value !== undefined) oneOf(name, value, ['gzip', 'none']);
   }
-  for (const name of ['OTEL_EXPORTER_OTLP_TIMEOUT', 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT']) {
+  for (const name of ['OTEL_EXPORTER_OTLP_TIMEOUT', `OTEL_EXPORTER_OTLP_${signal}_TIMEOUT`]) {
     const value = text(env, name);
     if (value !== undefined && !/^0*[1-9]\d*$/.test(value)) {
       throw new TelemetryConfigError(`${name} must be a whole number of milliseconds, 1 or more, got "${value}"`);

@@ -417,7 +417,7 @@ describe('readSettings: metrics', () => {
   it('sends metrics over OTLP/gRPC to the base endpoint, as the traces', () => {
     const { metrics } = readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4317' });
     expect(metrics.exporters).toEqual(['otlp']);
-    expect(metrics.otlp).toEqual({ protocol: 'grpc', url: 'http://collector:4317/', headers: {} });
+    expect(metrics.otlp).toEqual({ protocol: 'grpc', url: 'http://collector:4317/', headers: {}, timeoutMillis: 10000 });
   });
 
   it('appends /v1/metrics for HTTP and prefers the metrics-specific protocol, endpoint and headers', () => {
@@ -431,7 +431,7 @@ describe('readSettings: metrics', () => {
       OTEL_EXPORTER_OTLP_HEADERS: 'a=1,b=2',
       OTEL_EXPORTER_OTLP_METRICS_HEADERS: 'b=3',
     });
-    expect(specific.metrics.otlp).toEqual({ protocol: 'http/json', url: 'https://metrics.example.com/custom', headers: { a: '1', b: '3' } });
+    expect(specific.metrics.otlp).toEqual({ protocol: 'http/json', url: 'https://metrics.example.com/custom', headers: { a: '1', b: '3' }, timeoutMillis: 10000 });
     expect(specific.otlp).toMatchObject({ protocol: 'grpc', headers: { a: '1', b: '2' } });
   });
 

@@ -257,6 +257,9 @@ describe('OTEL_NODE_RESOURCE_DETECTORS', () => {
       OTEL_RESOURCE_ATTRIBUTES: 'service.version=9.9.9,deployment.environment.name=test',
       OTEL_NODE_RESOURCE_DETECTORS: 'none',
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+      // Metrics give each process its own service.instance.id whatever the
+      // detectors (their series must not mix): off here, to see the detectors alone.
+      OTEL_METRICS_EXPORTER: 'none',
       OTEL_BSP_SCHEDULE_DELAY: '60000',
     });
     const port = await listeningPort(child);
