@@ -3,7 +3,7 @@
 # WEB_CONCURRENCY workers; scale out by running more containers.
 #
 #   docker build -t koa-otel-app .
-#   docker run --rm -p 8000:8000 --read-only \
+#   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp \
 #     -e OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 koa-otel-app
 #
 # Behind a private registry or a TLS-intercepting proxy, give npm its

@@ -210,6 +210,9 @@ describe('the Kubernetes manifests', () => {
       'k8s.namespace.name': fieldOf(attributes['k8s.namespace.name']),
       'k8s.node.name': fieldOf(attributes['k8s.node.name']),
     }).toEqual({ 'k8s.pod.name': 'metadata.name', 'k8s.pod.uid': 'metadata.uid', 'k8s.namespace.name': 'metadata.namespace', 'k8s.node.name': 'spec.nodeName' });
+    // Setting the variable replaces the ecosystem file's default, which carries the package version.
+    const { version } = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    expect(attributes['service.version']).toBe(version);
     // Kubernetes expands $(VAR) only for variables defined earlier in the list.
     env.forEach((e, index) => {
       for (const [, name] of (e.value ?? '').matchAll(/\$\((\w+)\)/g)) {
