@@ -223,8 +223,9 @@ describe('the Kubernetes manifests', () => {
 
   test('every env name is a documented setting, a standard OTEL variable, or only feeds a $(VAR) reference', () => {
     const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const settings = readme.slice(readme.indexOf('\n## Settings\n'), readme.indexOf('\n## ', readme.indexOf('\n## Settings\n') + 1));
     // Names in the first column of the README's settings tables.
-    const documented = new Set([...readme.matchAll(/^\| ([^|]+)\|/gm)].flatMap(([, cell]) => [...(cell ?? '').matchAll(/`([A-Z][A-Z0-9_]+)`/g)].map(([, name]) => name)));
+    const documented = new Set([...settings.matchAll(/^\| ([^|]+)\|/gm)].flatMap(([, cell]) => [...(cell ?? '').matchAll(/`([A-Z][A-Z0-9_]+)`/g)].map(([, name]) => name)));
     // Standard variables of the OpenTelemetry SDK configuration spec not in those tables.
     const standard = new Set(['OTEL_METRICS_EXPORTER', 'OTEL_LOGS_EXPORTER', 'OTEL_EXPORTER_PROMETHEUS_HOST', 'OTEL_EXPORTER_PROMETHEUS_PORT', 'OTEL_METRIC_EXPORT_INTERVAL']);
     const referenced = new Set(env.flatMap((e) => [...(e.value ?? '').matchAll(/\$\((\w+)\)/g)].map(([, name]) => name)));
