@@ -135,7 +135,23 @@ function flushOnSignal(signal: NodeJS.Signals, shutdown: () => Promise<void>): v
   });
 }
 
+/**
+ * Whether an OpenTelemetry SDK already set a global tracer provider in this
+ * process, e.g. one the OpenTelemetry Operator injects with
+ * `NODE_OPTIONS=--require …` (which Node runs before `-r`). Read from the
+ * API's global registry directly, without loading `@opentelemetry/api`.
+ */
+function otherSdkRegistered(): boolean {
+  const registry = globalThis as Record<symbol, { trace?: unknown } | undefined>;
+  return Object.getOwnPropertySymbols(registry).some((key) => /^opentelemetry\.js\.api\.\d+$/.test(key.description ?? '') && registry[key]?.trace !== undefined);
+}
+
 function start(): void {
+  // Two SDKs would patch every module twice and export each request twice.
+  if (otherSdkRegistered()) {
+    writeLine('warn', 'another OpenTelemetry SDK is already registered in this process (NODE_OPTIONS=--require …?); the kit\'s preload steps aside');
+    return;
+  }
   // Cache compiled code on disk: the SDK and the app load ~600 modules, and
   // a worker started by `pm2 reload` or `pm2 scale` then compiles none of
   // them again (~150 ms less to the first response here). Node skips this
