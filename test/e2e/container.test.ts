@@ -216,6 +216,21 @@ async function keepAliveConnection(port: number): Promise<{ send(request: string
           }
         },
       ],
+      [
+        'metrics',
+        () => {
+          // Cumulative counts (the last point of each worker's series): every
+          // request counted once, on the container's resource.
+          const points = receiver.metrics.filter((m) => m.name === 'http.server.request.duration' && m.attributes['http.route'] === '/items/:id');
+          const last = new Map<string, number>();
+          for (const point of points) {
+            expect(point.resource).toMatchObject({ 'service.name': APP, 'container.id': id });
+            const key = JSON.stringify([point.resource['service.instance.id'], point.attributes]);
+            last.set(key, Math.max(last.get(key) ?? 0, point.count));
+          }
+          expect([...last.values()].reduce((sum, n) => sum + n, 0)).toBe(REQUESTS);
+        },
+      ],
     ];
     for (const [, check] of flushed) check();
   });
