@@ -228,6 +228,7 @@ describe('a collector outage', () => {
     const child = startServer({
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
       OTEL_TRACES_EXPORTER: 'none',
+      OTEL_LOGS_EXPORTER: 'none',
       OTEL_METRIC_EXPORT_INTERVAL: '250',
       OTEL_EXPORTER_OTLP_METRICS_TIMEOUT: '200',
     });
