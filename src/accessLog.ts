@@ -29,7 +29,8 @@ export const ACCESS_MESSAGE = 'request';
 
 /** Replaces the values of secret-looking parameters in a raw query string (without its `?`). */
 export function redactQuery(query: string): string {
-  if (!SECRET_PARAMETER.test(query)) return query;
+  // Most queries name no secret and encode no name: nothing to split.
+  if (!SECRET_PARAMETER.test(query) && !query.includes('%')) return query;
   return query
     .split('&')
     .map((pair) => {
