@@ -28,8 +28,13 @@ export type Logger = pino.Logger;
 /** Header names whose values never reach a line or a record, at any level. */
 export const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'x-auth-token', 'x-csrf-token'];
 
-/** pino `redact` paths: the secret headers wherever a line carries headers (the access line at debug level, a logged request). */
-const REDACT_PATHS = SECRET_HEADERS.flatMap((name) => [`headers["${name}"]`, `*.headers["${name}"]`]);
+/**
+ * pino `redact` paths: the secret headers where the kit's lines carry
+ * headers (the access line at debug level; a line logging a request as
+ * `req` or a response as `res`). Explicit paths, not a `*.headers` wildcard:
+ * measured, a wildcard path tripled the cost of every line, headers or not.
+ */
+const REDACT_PATHS = SECRET_HEADERS.flatMap((name) => [`headers["${name}"]`, `req.headers["${name}"]`, `res.headers["${name}"]`]);
 
 export const REDACTED = '[Redacted]';
 
