@@ -97,7 +97,8 @@ export function accessFields(ctx: Context, startedAt: number, withHeaders: boole
  */
 export function accessLog(logger: Logger, excluded: ReadonlySet<string> = ACCESS_LOG_EXCLUDED) {
   return async function logAccess(ctx: Context, next: Next): Promise<void> {
-    if (excluded.has(ctx.path)) return next();
+    // LOG_LEVEL above info: the line would not be written, so nothing is measured.
+    if (!logger.isLevelEnabled('info') || excluded.has(ctx.path)) return next();
     const startedAt = performance.now();
     const active = context.active();
     ctx.res.once('close', () => {
