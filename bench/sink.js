@@ -21,6 +21,7 @@ const grpc = require('@grpc/grpc-js');
 
 const EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
 const METRICS_EXPORT_PATH = '/opentelemetry.proto.collector.metrics.v1.MetricsService/Export';
+const LOGS_EXPORT_PATH = '/opentelemetry.proto.collector.logs.v1.LogsService/Export';
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -32,11 +33,13 @@ const EMPTY = Buffer.alloc(0);
  * @property {number} lastExportAt Date.now() of the last Export, 0 if none
  * @property {number} cpuMicros    the sink's own CPU time (user + system)
  * @property {number} metricExports  metrics Export calls answered
+ * @property {number} logExports   logs Export calls answered
+ * @property {number} logBytes     their payload bytes
  * @property {number} metricBytes    their payload bytes
  */
 
 /** @type {SinkStats} */
-const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0, metricExports: 0, metricBytes: 0 };
+const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0, metricExports: 0, metricBytes: 0, logExports: 0, logBytes: 0 };
 
 /**
  * Reads a base-128 varint at `offset`.
@@ -158,6 +161,7 @@ const RAW_TRACE_SERVICE = {
 
 /** The OTLP metrics service, same raw shape. @type {grpc.ServiceDefinition} */
 const RAW_METRICS_SERVICE = { Export: { ...RAW_TRACE_SERVICE.Export, path: METRICS_EXPORT_PATH } };
+const RAW_LOGS_SERVICE = { Export: { ...RAW_TRACE_SERVICE.Export, path: LOGS_EXPORT_PATH } };
 
 /**
  * Starts the gRPC server on 127.0.0.1.
@@ -178,6 +182,14 @@ function listen(port) {
     Export(call, callback) {
       stats.metricExports += 1;
       stats.metricBytes += call.request.length;
+      callback(null, EMPTY);
+    },
+  });
+  server.addService(RAW_LOGS_SERVICE, {
+    /** @type {grpc.handleUnaryCall<Buffer, Buffer>} */
+    Export(call, callback) {
+      stats.logExports += 1;
+      stats.logBytes += call.request.length;
       callback(null, EMPTY);
     },
   });

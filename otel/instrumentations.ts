@@ -26,6 +26,10 @@ function configs(): Record<string, Config> {
     // a span per plain middleware would only repeat the request.
     koa: { ignoreLayersType: ['middleware'] },
     undici: {},
+    // The app's logger already adds the trace context to each line (a pino
+    // mixin) and sends each record to the Logs SDK itself (src/log.ts): the
+    // bundle's pino instrumentation, if listed, would send every record twice.
+    pino: { disableLogSending: true, disableLogCorrelation: true },
   };
 }
 

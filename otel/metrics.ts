@@ -146,45 +146,56 @@ export function createPushReaders(settings: MetricsSettings, report: Report): Me
   return readers;
 }
 
-/** A span exporter whose counts the health instruments observe, and what to call it. */
-export interface SpanExporterHealth {
+/** An exporter whose counts the health instruments observe, and what to call it. */
+export interface ExporterHealth {
   /** `otel.component.type`, e.g. `otlp_grpc_span_exporter`. */
   readonly type: string;
   readonly getStats: () => ExportStats;
 }
 
-const COMPONENT_TYPES: Record<OtlpProtocol, string> = {
-  grpc: 'otlp_grpc_span_exporter',
-  'http/protobuf': 'otlp_http_span_exporter',
-  'http/json': 'otlp_http_json_span_exporter',
+/** The signals whose OTLP exporters sit behind the outage wrapper, by their name in the conventions. */
+export type ExportedSignal = 'span' | 'log';
+
+const PROTOCOL_PARTS: Record<OtlpProtocol, string> = {
+  grpc: 'otlp_grpc',
+  'http/protobuf': 'otlp_http',
+  'http/json': 'otlp_http_json',
 };
 
-export function spanExporterType(protocol: OtlpProtocol): string {
-  return COMPONENT_TYPES[protocol];
+/** `otel.component.type` by the conventions: `otlp_grpc_span_exporter`, `otlp_http_log_exporter`, … */
+export function exporterType(signal: ExportedSignal, protocol: OtlpProtocol): string {
+  return `${PROTOCOL_PARTS[protocol]}_${signal}_exporter`;
 }
+
+const UNITS: Record<ExportedSignal, { unit: string; items: string }> = {
+  span: { unit: '{span}', items: 'spans' },
+  log: { unit: '{log_record}', items: 'log records' },
+};
 
 /**
  * The kit's telemetry health, by the semantic conventions' SDK metrics, read
- * from the outage wrappers of the OTLP span exporters when collected:
+ * from the outage wrappers of the OTLP exporters of one signal when collected
+ * (`span` or `log` in the names below):
  *
- * - `otel.sdk.exporter.span.exported`: spans whose export finished, without
- *   `error.type` when delivered, with `error.type=dropped` when lost (beyond
- *   the hold of an outage, refused by the collector, or still held at
+ * - `otel.sdk.exporter.<signal>.exported`: items whose export finished,
+ *   without `error.type` when delivered, with `error.type=dropped` when lost
+ *   (beyond the hold of an outage, refused by the collector, or still held at
  *   shutdown);
- * - `otel.sdk.exporter.span.inflight`: spans passed to the exporter and not
- *   yet exported, which is what the wrapper holds through an outage (the
+ * - `otel.sdk.exporter.<signal>.inflight`: items passed to the exporter and
+ *   not yet exported, which is what the wrapper holds through an outage (the
  *   conventions count retries and backoff as in flight).
  */
-export function observeSpanExporters(meter: Meter, exporters: readonly SpanExporterHealth[]): void {
+export function observeExporters(meter: Meter, signal: ExportedSignal, exporters: readonly ExporterHealth[]): void {
   if (exporters.length === 0) return;
+  const { unit, items } = UNITS[signal];
   const components = exporters.map((exporter, index) => {
     const attributes: Attributes = { 'otel.component.type': exporter.type, 'otel.component.name': `${exporter.type}/${index}` };
     return { exporter, attributes, dropped: { ...attributes, 'error.type': 'dropped' } };
   });
   meter
-    .createObservableCounter('otel.sdk.exporter.span.exported', {
-      unit: '{span}',
-      description: 'The number of spans for which the export has finished, either successful or failed.',
+    .createObservableCounter(`otel.sdk.exporter.${signal}.exported`, {
+      unit,
+      description: `The number of ${items} for which the export has finished, either successful or failed.`,
     })
     .addCallback((result) => {
       for (const { exporter, attributes, dropped } of components) {
@@ -194,9 +205,9 @@ export function observeSpanExporters(meter: Meter, exporters: readonly SpanExpor
       }
     });
   meter
-    .createObservableUpDownCounter('otel.sdk.exporter.span.inflight', {
-      unit: '{span}',
-      description: 'The number of spans which were passed to the exporter, but that have not been exported yet.',
+    .createObservableUpDownCounter(`otel.sdk.exporter.${signal}.inflight`, {
+      unit,
+      description: `The number of ${items} which were passed to the exporter, but that have not been exported yet.`,
     })
     .addCallback((result) => {
       for (const { exporter, attributes } of components) result.observe(exporter.getStats().held, attributes);

@@ -39,11 +39,14 @@ export interface Snapshot {
   readonly heapUsedBytes: number;
   /** The OTLP span exporters' counts; undefined without one. */
   readonly spans: { readonly delivered: number; readonly dropped: number; readonly held: number } | undefined;
+  /** The OTLP log record exporters' counts; undefined without one. */
+  readonly logs?: { readonly delivered: number; readonly dropped: number; readonly held: number } | undefined;
 }
 
 export interface MonitorSources {
   requests(): Snapshot['requests'];
   spans(): Snapshot['spans'];
+  logs?(): Snapshot['logs'];
 }
 
 type Send = (message: { type: 'axm:monitor'; data: Record<string, Probe> }) => void;
@@ -73,6 +76,11 @@ export function toProbes(current: Snapshot, previous: Snapshot | undefined): Rec
     probes['Spans exported'] = { value: current.spans.delivered, unit: 'spans' };
     probes['Spans dropped'] = { value: current.spans.dropped, unit: 'spans' };
     probes['Spans held'] = { value: current.spans.held, unit: 'spans' };
+  }
+  if (current.logs !== undefined) {
+    probes['Logs exported'] = { value: current.logs.delivered, unit: 'records' };
+    probes['Logs dropped'] = { value: current.logs.dropped, unit: 'records' };
+    probes['Logs held'] = { value: current.logs.held, unit: 'records' };
   }
   return probes;
 }
@@ -105,6 +113,7 @@ export class Pm2Monitor {
       utilization: performance.eventLoopUtilization(utilization, this.utilization).utilization,
       heapUsedBytes: v8.getHeapStatistics().used_heap_size,
       spans: this.sources.spans(),
+      logs: this.sources.logs?.(),
     };
     this.delay.reset();
     this.utilization = utilization;

@@ -15,6 +15,10 @@
  * asks for them; without, no MeterProvider exists (see `metrics.ts`). Under
  * PM2 a worker's key figures then also show in `pm2 monit` (see `pm2Monitor.ts`).
  *
+ * Log records are exported when `OTEL_LOGS_EXPORTER` (or an OTLP endpoint)
+ * asks for them; the app's logger (`src/log.ts`) emits each line it writes to
+ * the Logs SDK when the hook says they are exported, and never otherwise.
+ *
  * The app flushes telemetry at the right moment of its own shutdown through
  * the hook published on `globalThis` (see `src/telemetry.ts`). For a script
  * without signal handlers of its own, the preload flushes on SIGINT/SIGTERM
@@ -23,6 +27,7 @@
  */
 import module from 'node:module';
 import { randomUUID } from 'node:crypto';
+import type { LogRecordProcessor, ReadableLogRecord } from '@opentelemetry/sdk-logs';
 import type { MetricReader } from '@opentelemetry/sdk-metrics';
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { maskSecrets, RateLimitedDiagLogger, writeLine } from './diagLogger';
@@ -42,7 +47,7 @@ const TELEMETRY_HOOK = Symbol.for('koa-pm2-otel.telemetry');
 function withTimeout(work: Promise<unknown>, ms: number, giveUp: () => boolean): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
-      if (!giveUp()) writeLine('warn', `telemetry flush did not finish within ${ms} ms; unsent spans are lost`);
+      if (!giveUp()) writeLine('warn', `telemetry flush did not finish within ${ms} ms; unsent spans and log records are lost`);
       resolve();
     }, ms);
     work.then(
@@ -61,6 +66,49 @@ function withTimeout(work: Promise<unknown>, ms: number, giveUp: () => boolean):
 
 /** The OTLP exporters' outage wrappers, whose counts the hook and the health metrics report. */
 const retryingExporters: RetryingExporter[] = [];
+const retryingLogExporters: Array<RetryingExporter<ReadableLogRecord>> = [];
+
+/**
+ * The log record processors `OTEL_LOGS_EXPORTER` asks for: a batch processor
+ * per exporter, the OTLP one behind the same outage wrapper as the spans'.
+ * The app's logger emits to them (src/log.ts); none without an exporter.
+ */
+function createLogRecordProcessors(settings: TelemetrySettings, secrets: readonly string[]): LogRecordProcessor[] {
+  const logs = settings.logs;
+  if (logs.exporters.length === 0) return [];
+  const { BatchLogRecordProcessor } = require('@opentelemetry/sdk-logs') as typeof import('@opentelemetry/sdk-logs');
+  const { createOtlpLogExporter, JsonLineLogRecordExporter } = require('./logExporters') as typeof import('./logExporters');
+  return logs.exporters.map((name) => {
+    if (name === 'console') return new BatchLogRecordProcessor({ exporter: new JsonLineLogRecordExporter(), ...logs.batch });
+    const otlp = logs.otlp;
+    if (otlp === undefined) throw new Error('OTLP logs settings missing');
+    const { RetryingExporter } = require('./retryingExporter') as typeof import('./retryingExporter');
+    const url = new URL(otlp.url);
+    const exporter = new RetryingExporter<ReadableLogRecord>(createOtlpLogExporter(otlp.protocol, otlp.url), {
+      signal: 'logs',
+      maxHeldSpans: logs.batch.maxQueueSize,
+      maxBatchSize: logs.batch.maxExportBatchSize,
+      exportTimeoutMs: logs.batch.exportTimeoutMillis > 0 ? Math.min(otlp.timeoutMillis, logs.batch.exportTimeoutMillis) : otlp.timeoutMillis,
+      target: `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}`,
+      report: (level, message) => writeLine(level, maskSecrets(message, secrets)),
+      renew: () => createOtlpLogExporter(otlp.protocol, otlp.url),
+    });
+    retryingLogExporters.push(exporter);
+    return new BatchLogRecordProcessor({ exporter, ...logs.batch });
+  });
+}
+
+/** Sums the counts of outage wrappers. */
+function totals(exporters: ReadonlyArray<{ getStats(): { delivered: number; dropped: number; held: number } }>): { delivered: number; dropped: number; held: number } {
+  const sum = { delivered: 0, dropped: 0, held: 0 };
+  for (const exporter of exporters) {
+    const stats = exporter.getStats();
+    sum.delivered += stats.delivered;
+    sum.dropped += stats.dropped;
+    sum.held += stats.held;
+  }
+  return sum;
+}
 
 function createExporter(name: string, settings: TelemetrySettings, secrets: readonly string[]): SpanExporter {
   if (name === 'console') {
@@ -174,6 +222,7 @@ function start(): void {
   const exporters = settings.exporters.map((name) => createExporter(name, settings, secrets));
   const spanProcessors: SpanProcessor[] = exporters.map((exporter) => new BatchSpanProcessor({ exporter, ...settings.batch }));
   const metricReaders = createMetricReaders(settings, pm2, secrets);
+  const logRecordProcessors = createLogRecordProcessors(settings, secrets);
   const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
   // Each process writes its own series: a fresh service.instance.id, even
@@ -197,34 +246,32 @@ function start(): void {
       instrumentations,
       spanProcessors,
       idGenerator: new PooledRandomIdGenerator(),
-      // Metrics as settings.ts decided (none without an endpoint, so nothing
-      // retries against a collector that is not there); logs stay off.
+      // Metrics and logs as settings.ts decided (none without an endpoint, so
+      // nothing retries against a collector that is not there). An empty
+      // list, not undefined: NodeSDK would otherwise read OTEL_LOGS_EXPORTER
+      // itself and default to otlp.
       metricReaders,
-      logRecordProcessors: [],
+      logRecordProcessors,
     });
   } finally {
     if (logLevel !== undefined) process.env.OTEL_LOG_LEVEL = logLevel;
   }
   sdk.start();
-  if (metricReaders.length > 0 && settings.otlp !== undefined) {
-    const { observeSpanExporters, spanExporterType } = require('./metrics') as typeof import('./metrics');
-    const type = spanExporterType(settings.otlp.protocol);
-    observeSpanExporters(
-      api.metrics.getMeter('koa-pm2-otel'),
-      retryingExporters.map((exporter) => ({ type, getStats: () => exporter.getStats() })),
-    );
+  if (metricReaders.length > 0) {
+    const { observeExporters, exporterType } = require('./metrics') as typeof import('./metrics');
+    const meter = api.metrics.getMeter('koa-pm2-otel');
+    if (settings.otlp !== undefined) {
+      const type = exporterType('span', settings.otlp.protocol);
+      observeExporters(meter, 'span', retryingExporters.map((exporter) => ({ type, getStats: () => exporter.getStats() })));
+    }
+    if (settings.logs.otlp !== undefined) {
+      const type = exporterType('log', settings.logs.otlp.protocol);
+      observeExporters(meter, 'log', retryingLogExporters.map((exporter) => ({ type, getStats: () => exporter.getStats() })));
+    }
   }
 
-  const spanStats = (): { delivered: number; dropped: number; held: number } => {
-    const totals = { delivered: 0, dropped: 0, held: 0 };
-    for (const exporter of retryingExporters) {
-      const stats = exporter.getStats();
-      totals.delivered += stats.delivered;
-      totals.dropped += stats.dropped;
-      totals.held += stats.held;
-    }
-    return totals;
-  };
+  const spanStats = (): { delivered: number; dropped: number; held: number } => totals(retryingExporters);
+  const logStats = (): { delivered: number; dropped: number; held: number } => totals(retryingLogExporters);
 
   // PM2's monitor, with metrics on: a worker under PM2 is connected to the daemon by IPC.
   let monitor: { stop(): void } | undefined;
@@ -237,7 +284,11 @@ function start(): void {
         // A send on a closed channel would emit 'error' on process: ask for a callback instead.
         if (process.connected) process.send?.(message, undefined, {}, () => undefined);
       },
-      { requests: () => server?.requestTotals(), spans: () => (retryingExporters.length > 0 ? spanStats() : undefined) },
+      {
+        requests: () => server?.requestTotals(),
+        spans: () => (retryingExporters.length > 0 ? spanStats() : undefined),
+        logs: () => (retryingLogExporters.length > 0 ? logStats() : undefined),
+      },
     );
   }
 
@@ -250,11 +301,14 @@ function start(): void {
       monitor?.stop();
       return (stopping ??= withTimeout(sdk.shutdown(), ms, () => {
         let reported = false;
-        for (const exporter of retryingExporters) reported = exporter.abandon() > 0 || reported;
+        for (const exporter of [...retryingExporters, ...retryingLogExporters]) reported = exporter.abandon() > 0 || reported;
         return reported;
       }));
     },
     stats: spanStats,
+    logStats,
+    // The app's logger sends its records to the Logs SDK only when someone exports them.
+    logsExported: logRecordProcessors.length > 0,
   };
   (globalThis as Record<symbol, unknown>)[TELEMETRY_HOOK] = hook;
 

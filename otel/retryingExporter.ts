@@ -1,5 +1,7 @@
 /**
  * Keeps spans through a collector outage, and says so when it cannot.
+ * Generic over the item: the OTLP log record exporter is wrapped the same way
+ * (`signal: 'logs'`), behind the batch log record processor.
  *
  * The SDK's BatchSpanProcessor drops a batch as soon as its export fails,
  * and the OTLP exporters retry only within one export's timeout (gRPC
@@ -31,10 +33,23 @@
  * exits in time with an exact count.
  */
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
-import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 
-export interface RetryOptions {
-  /** Most spans held during an outage; the memory bound. */
+/**
+ * What the wrapper needs of an exporter: the shape the SDK's span and log
+ * record exporters share, over the item they export.
+ */
+export interface ItemExporter<T> {
+  export(items: T[], resultCallback: (result: ExportResult) => void): void;
+  shutdown(): Promise<void>;
+  forceFlush?(): Promise<void>;
+}
+
+/** The words the wrapper's lines use for its items, by signal. */
+const NOUNS = { spans: { items: 'spans', ended: 'spans are ended' }, logs: { items: 'log records', ended: 'records are emitted' } } as const;
+
+export interface RetryOptions<T = ReadableSpan> {
+  /** Most spans (or log records) held during an outage; the memory bound. */
   readonly maxHeldSpans: number;
   /** Most spans sent in one export. */
   readonly maxBatchSize: number;
@@ -57,7 +72,9 @@ export interface RetryOptions {
    * only by a connection) would otherwise keep an old channel failing fast for
    * up to two minutes after the collector is back.
    */
-  readonly renew?: () => SpanExporter;
+  readonly renew?: () => ItemExporter<T>;
+  /** What the items are called in its lines; spans by default. */
+  readonly signal?: keyof typeof NOUNS;
 }
 
 export interface ExportStats {
@@ -78,9 +95,9 @@ function describe(error: unknown): string {
   return String(error);
 }
 
-export class RetryingExporter implements SpanExporter {
+export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
   /** Spans not yet delivered, oldest first; the first `inFlight` of them are being exported. */
-  private held: ReadableSpan[] = [];
+  private held: T[] = [];
   private inFlight = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private delayMs: number;
@@ -104,12 +121,14 @@ export class RetryingExporter implements SpanExporter {
   /** Whether the spans not delivered at shutdown were counted and reported. */
   private reportedAtShutdown = false;
   private stats = { delivered: 0, dropped: 0, failures: 0 };
+  private readonly nouns: (typeof NOUNS)[keyof typeof NOUNS];
 
   constructor(
-    private inner: SpanExporter,
-    private readonly options: RetryOptions,
+    private inner: ItemExporter<T>,
+    private readonly options: RetryOptions<T>,
   ) {
     this.delayMs = options.initialDelayMs ?? 500;
+    this.nouns = NOUNS[options.signal ?? 'spans'];
   }
 
   /** Counts since start, for tests and diagnostics. */
@@ -117,7 +136,7 @@ export class RetryingExporter implements SpanExporter {
     return { ...this.stats, held: this.held.length };
   }
 
-  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+  export(spans: T[], resultCallback: (result: ExportResult) => void): void {
     if (this.stopped) {
       resultCallback({ code: ExportResultCode.FAILED, error: new Error('exporter is shut down') });
       return;
@@ -145,7 +164,7 @@ export class RetryingExporter implements SpanExporter {
       this.quietOutages = 0;
       this.options.report(
         'warn',
-        `cannot export spans to ${this.options.target}: ${describe(error)}; holding up to ${this.options.maxHeldSpans} spans and retrying${since}`,
+        `cannot export ${this.nouns.items} to ${this.options.target}: ${describe(error)}; holding up to ${this.options.maxHeldSpans} ${this.nouns.items} and retrying${since}`,
       );
     } else {
       this.quietOutages += 1;
@@ -153,7 +172,7 @@ export class RetryingExporter implements SpanExporter {
     this.scheduleRetry();
   }
 
-  private hold(spans: ReadableSpan[]): void {
+  private hold(spans: T[]): void {
     this.held.push(...spans);
     const excess = this.held.length - this.options.maxHeldSpans;
     if (excess > 0) {
@@ -172,8 +191,8 @@ export class RetryingExporter implements SpanExporter {
         this.options.report(
           'warn',
           inOutage
-            ? `collector still unreachable: dropped ${this.outageDropped} spans so far (more than ${this.options.maxHeldSpans} held)`
-            : `collector at ${this.options.target} slower than spans are ended: dropped ${this.behindDropped} spans so far (more than ${this.options.maxHeldSpans} held)`,
+            ? `collector still unreachable: dropped ${this.outageDropped} ${this.nouns.items} so far (more than ${this.options.maxHeldSpans} held)`
+            : `collector at ${this.options.target} slower than ${this.nouns.ended}: dropped ${this.behindDropped} ${this.nouns.items} so far (more than ${this.options.maxHeldSpans} held)`,
         );
       }
     }
@@ -210,7 +229,7 @@ export class RetryingExporter implements SpanExporter {
    * once `exportTimeoutMs` has passed or abandon() is called; an answer after
    * that is ignored (see the class comment).
    */
-  private exportOnce(batch: ReadableSpan[], done: (result: ExportResult) => void): void {
+  private exportOnce(batch: T[], done: (result: ExportResult) => void): void {
     const inner = this.inner;
     let timer: NodeJS.Timeout | undefined;
     let settled = false;
@@ -272,7 +291,7 @@ export class RetryingExporter implements SpanExporter {
         this.outageDelivered += batch.length;
       } else if (this.outageStartedAt === undefined) {
         this.drop(batch.length);
-        this.options.report('error', `collector at ${this.options.target} refused ${batch.length} spans: ${describe(result.error)}; they are dropped`);
+        this.options.report('error', `collector at ${this.options.target} refused ${batch.length} ${this.nouns.items}: ${describe(result.error)}; they are dropped`);
       } else {
         this.drop(batch.length);
         this.outageDropped += batch.length;
@@ -298,7 +317,7 @@ export class RetryingExporter implements SpanExporter {
     if (this.outageReported || this.outageDropped > 0) {
       this.options.report(
         'info',
-        `export to ${this.options.target} recovered after ${seconds} s: delivered ${this.outageDelivered} held spans, dropped ${this.outageDropped}`,
+        `export to ${this.options.target} recovered after ${seconds} s: delivered ${this.outageDelivered} held ${this.nouns.items}, dropped ${this.outageDropped}`,
       );
     }
     this.outageStartedAt = undefined;
@@ -342,7 +361,7 @@ export class RetryingExporter implements SpanExporter {
     const count = this.held.length;
     if (count > 0) {
       this.drop(count);
-      this.options.report('error', `${count} spans not delivered at shutdown: collector at ${this.options.target} unreachable`);
+      this.options.report('error', `${count} ${this.nouns.items} not delivered at shutdown: collector at ${this.options.target} unreachable`);
       this.held = [];
     }
     return count;

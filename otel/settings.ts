@@ -12,6 +12,8 @@ export type Env = Readonly<Record<string, string | undefined>>;
 export type OtlpProtocol = 'grpc' | 'http/protobuf' | 'http/json';
 export type TraceExporterName = 'otlp' | 'console';
 export type MetricExporterName = 'otlp' | 'prometheus' | 'console';
+export type LogExporterName = 'otlp' | 'console';
+export type Signal = 'TRACES' | 'METRICS' | 'LOGS';
 export type TemporalityPreference = 'cumulative' | 'delta' | 'lowmemory';
 
 export interface OtlpSettings {
@@ -35,11 +37,25 @@ export interface MetricsSettings {
   readonly prometheus: { readonly host: string; readonly port: number };
 }
 
+export interface LogsSettings {
+  /** Empty: no log record processor; the app's lines go to stdout only. */
+  readonly exporters: readonly LogExporterName[];
+  readonly otlp: OtlpSettings | undefined;
+  /** OTEL_BLRP_*: the batch log record processor, and the outage hold of the OTLP exporter. */
+  readonly batch: {
+    readonly maxQueueSize: number;
+    readonly maxExportBatchSize: number;
+    readonly scheduledDelayMillis: number;
+    readonly exportTimeoutMillis: number;
+  };
+}
+
 export interface TelemetrySettings {
   readonly disabled: boolean;
   readonly exporters: readonly TraceExporterName[];
   readonly otlp: OtlpSettings | undefined;
   readonly metrics: MetricsSettings;
+  readonly logs: LogsSettings;
   readonly resourceDetectors: readonly string[];
   readonly instrumentations: readonly string[];
   /** Request paths that produce no span (health checks). */
@@ -184,7 +200,7 @@ export function parseHeaders(name: string, value: string | undefined): Record<st
  */
 export function secretsIn(env: Env): string[] {
   const secrets: string[] = [];
-  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS', 'OTEL_EXPORTER_OTLP_METRICS_HEADERS']) {
+  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS', 'OTEL_EXPORTER_OTLP_METRICS_HEADERS', 'OTEL_EXPORTER_OTLP_LOGS_HEADERS']) {
     for (const entry of env[name]?.split(',') ?? []) {
       const raw = entry.slice(entry.indexOf('=') + 1).trim();
       if (raw.length < 4) continue;
@@ -199,8 +215,8 @@ export function secretsIn(env: Env): string[] {
   return secrets.sort((a, b) => b.length - a.length);
 }
 
-/** The OTLP settings of one signal: its own variables (`…_TRACES_…`, `…_METRICS_…`) over the generic ones. */
-function otlpSettings(env: Env, signal: 'TRACES' | 'METRICS'): OtlpSettings {
+/** The OTLP settings of one signal: its own variables (`…_TRACES_…`, `…_METRICS_…`, `…_LOGS_…`) over the generic ones. */
+function otlpSettings(env: Env, signal: Signal): OtlpSettings {
   const protocolVar = text(env, `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`)
     ? `OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`
     : 'OTEL_EXPORTER_OTLP_PROTOCOL';
@@ -241,7 +257,7 @@ function otlpSettings(env: Env, signal: 'TRACES' | 'METRICS'): OtlpSettings {
  * compression, or 10 s): check them here so that a mistake is one clear line.
  * The exporters accept exactly `gzip` or `none`, and a timeout above 0.
  */
-function checkCompressionAndTimeout(env: Env, signal: 'TRACES' | 'METRICS'): void {
+function checkCompressionAndTimeout(env: Env, signal: Signal): void {
   for (const name of ['OTEL_EXPORTER_OTLP_COMPRESSION', `OTEL_EXPORTER_OTLP_${signal}_COMPRESSION`]) {
     const value = text(env, name);
     if (value !== undefined) oneOf(name, value, ['gzip', 'none']);
@@ -322,6 +338,44 @@ const NO_METRICS: MetricsSettings = {
   prometheus: { host: 'localhost', port: 9464 },
 };
 
+function logExporterNames(env: Env): LogExporterName[] {
+  const names = listOf(env, 'OTEL_LOGS_EXPORTER', ['otlp', 'console', 'none']);
+  if (names === undefined) {
+    // As for metrics: log records go where an endpoint is set; without one,
+    // the lines on stdout are the only log (and nothing retries in vain).
+    const hasEndpoint = text(env, 'OTEL_EXPORTER_OTLP_ENDPOINT') ?? text(env, 'OTEL_EXPORTER_OTLP_LOGS_ENDPOINT');
+    return hasEndpoint === undefined ? [] : ['otlp'];
+  }
+  if (names.includes('none')) return [];
+  return names as LogExporterName[];
+}
+
+/** The logs settings; every value is checked even when no exporter uses it, so a typo shows at once. */
+function logsSettings(env: Env): LogsSettings {
+  const exporters = logExporterNames(env);
+  // The spec's defaults for the batch log record processor.
+  const batch = {
+    maxQueueSize: nonNegative(env, 'OTEL_BLRP_MAX_QUEUE_SIZE', 2048),
+    maxExportBatchSize: nonNegative(env, 'OTEL_BLRP_MAX_EXPORT_BATCH_SIZE', 512),
+    scheduledDelayMillis: nonNegative(env, 'OTEL_BLRP_SCHEDULE_DELAY', 1000),
+    exportTimeoutMillis: nonNegative(env, 'OTEL_BLRP_EXPORT_TIMEOUT', 30000),
+  };
+  if (batch.maxExportBatchSize > batch.maxQueueSize) {
+    throw new TelemetryConfigError('OTEL_BLRP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BLRP_MAX_QUEUE_SIZE');
+  }
+  if (batch.maxQueueSize === 0 || batch.maxExportBatchSize === 0) {
+    throw new TelemetryConfigError('OTEL_BLRP_MAX_QUEUE_SIZE and OTEL_BLRP_MAX_EXPORT_BATCH_SIZE must be 1 or more');
+  }
+  return { exporters, otlp: exporters.includes('otlp') ? otlpSettings(env, 'LOGS') : undefined, batch };
+}
+
+/** Logs off: what a disabled SDK comes down to. */
+const NO_LOGS: LogsSettings = {
+  exporters: [],
+  otlp: undefined,
+  batch: { maxQueueSize: 2048, maxExportBatchSize: 512, scheduledDelayMillis: 1000, exportTimeoutMillis: 30000 },
+};
+
 function instrumentationNames(env: Env): string[] {
   const enabled = list(env, 'OTEL_NODE_ENABLED_INSTRUMENTATIONS') ?? DEFAULT_INSTRUMENTATIONS;
   const disabled = new Set(list(env, 'OTEL_NODE_DISABLED_INSTRUMENTATIONS') ?? []);
@@ -360,7 +414,7 @@ export function readSettings(env: Env): TelemetrySettings {
     throw new TelemetryConfigError('OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BSP_MAX_QUEUE_SIZE');
   }
   if (disabled) {
-    return { disabled, exporters: [], otlp: undefined, metrics: NO_METRICS, resourceDetectors: [], instrumentations: [], excludedPaths: [], logLevel, batch };
+    return { disabled, exporters: [], otlp: undefined, metrics: NO_METRICS, logs: NO_LOGS, resourceDetectors: [], instrumentations: [], excludedPaths: [], logLevel, batch };
   }
   const exporters = exporterNames(env);
   checkSampler(env);
@@ -375,6 +429,7 @@ export function readSettings(env: Env): TelemetrySettings {
     // Checked whenever an OTLP exporter is in use, so a bad endpoint is caught at start.
     otlp: exporters.includes('otlp') ? otlpSettings(env, 'TRACES') : undefined,
     metrics: metricsSettings(env),
+    logs: logsSettings(env),
     resourceDetectors: listOf(env, 'OTEL_NODE_RESOURCE_DETECTORS', KNOWN_RESOURCE_DETECTORS) ?? DEFAULT_RESOURCE_DETECTORS,
     instrumentations: instrumentationNames(env),
     excludedPaths,

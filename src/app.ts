@@ -5,6 +5,7 @@
 import Koa from 'koa';
 import Router from '@koa/router';
 import type { Context, Next } from 'koa';
+import { accessLog } from './accessLog';
 import { log as defaultLog, type Logger } from './log';
 import { nameSpanAfterRoute, recordError } from './telemetry';
 import { testRoutes } from './testRoutes';
@@ -15,6 +16,8 @@ export interface AppOptions {
   /** Mount the fault-injection routes of `testRoutes.ts`. */
   readonly testRoutes?: boolean;
   readonly log?: Logger;
+  /** Write one line per request (`src/accessLog.ts`) with `log`. */
+  readonly accessLog?: boolean;
 }
 
 /** An error whose status and message are meant for the client (4xx). */
@@ -52,7 +55,7 @@ function errorHandler(log: Logger) {
       const status = typeof props.status === 'number' && props.status >= 400 && props.status < 600 ? props.status : 500;
       const exposed = status < 500 && props.expose === true;
       if (!exposed) {
-        log.error('request failed', { method: ctx.method, path: ctx.path, status, err: error });
+        log.error({ method: ctx.method, path: ctx.path, status, err: error }, 'request failed');
         recordError(error);
       }
       if (exposed && props.headers && typeof props.headers === 'object') ctx.set(props.headers as Record<string, string>);
@@ -91,10 +94,13 @@ export function createApp(options: AppOptions = {}): Koa {
     ctx.body = { status: ready ? 'ready' : 'shutting down' };
   });
 
-  app.use(errorHandler(options.log ?? defaultLog));
+  const log = options.log ?? defaultLog;
+  // First, so that its line covers the error middleware's answer too.
+  if (options.accessLog) app.use(accessLog(log));
+  app.use(errorHandler(log));
   app.use(nameSpanAfterRoute);
   app.use(router.routes());
-  if (options.testRoutes) app.use(testRoutes().routes());
+  if (options.testRoutes) app.use(testRoutes(log).routes());
   app.use(router.allowedMethods());
   return app;
 }

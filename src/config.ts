@@ -7,7 +7,7 @@
  *
  * Defaults follow the Gunicorn settings this kit replaces (see the README's
  * mapping table): bind 0.0.0.0:8000, backlog 2048, keep-alive 2 s, request
- * timeout 60 s, 1000 connections per worker.
+ * timeout 60 s, 1000 connections per worker, log level info, access log on.
  */
 
 export interface Config {
@@ -26,7 +26,27 @@ export interface Config {
   readonly flushTimeoutMs: number;
   /** Mounts the fault-injection routes under /_test (the kit's own tests only). */
   readonly testRoutes: boolean;
+  /** Lines below this level are not written (Gunicorn `loglevel`). */
+  readonly logLevel: LogLevel;
+  /** One line per request (Gunicorn `accesslog`). */
+  readonly accessLog: boolean;
 }
+
+/** pino's levels, which LOG_LEVEL names, Gunicorn's spellings included. */
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+
+/** LOG_LEVEL's values: pino's levels, and Gunicorn's `warning` and `critical`. */
+const LOG_LEVELS: Readonly<Record<string, LogLevel>> = {
+  trace: 'trace',
+  debug: 'debug',
+  info: 'info',
+  warn: 'warn',
+  warning: 'warn',
+  error: 'error',
+  critical: 'fatal',
+  fatal: 'fatal',
+  silent: 'silent',
+};
 
 type Env = Readonly<Record<string, string | undefined>>;
 
@@ -49,11 +69,22 @@ function integer(env: Env, name: string, fallback: number, min: number, max: num
   return value;
 }
 
-function flag(env: Env, name: string): boolean {
+function flag(env: Env, name: string, fallback = false): boolean {
   const raw = env[name]?.trim().toLowerCase();
-  if (raw === undefined || raw === '' || raw === 'false' || raw === '0') return false;
+  if (raw === undefined || raw === '') return fallback;
+  if (raw === 'false' || raw === '0') return false;
   if (raw === 'true' || raw === '1') return true;
   throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(env[name])}`);
+}
+
+function logLevel(env: Env): LogLevel {
+  const raw = env.LOG_LEVEL?.trim().toLowerCase();
+  if (raw === undefined || raw === '') return 'info';
+  const level = Object.hasOwn(LOG_LEVELS, raw) ? LOG_LEVELS[raw] : undefined;
+  if (level === undefined) {
+    throw new ConfigError(`LOG_LEVEL must be one of ${Object.keys(LOG_LEVELS).join(', ')}, got ${JSON.stringify(env.LOG_LEVEL)}`);
+  }
+  return level;
 }
 
 function host(env: Env): string {
@@ -78,6 +109,8 @@ export function loadConfig(env: Env = process.env): Config {
     drainTimeoutMs: integer(env, 'DRAIN_TIMEOUT_MS', 3000, 0, 600_000),
     flushTimeoutMs: integer(env, 'FLUSH_TIMEOUT_MS', 2000, 0, 600_000),
     testRoutes: flag(env, 'ENABLE_TEST_ROUTES'),
+    logLevel: logLevel(env),
+    accessLog: flag(env, 'ACCESS_LOG', true),
   };
   return Object.freeze(config);
 }

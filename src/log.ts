@@ -1,25 +1,213 @@
 /**
- * A minimal structured logger: one JSON object per line, so `pm2 logs` shows
- * one readable line per event and log shippers can parse it.
+ * The service's logger: pino, one JSON object per line, so that `pm2 logs`
+ * shows one line per event and log shippers can parse it.
+ *
+ * A line looks like the kit's earlier ones (`level` as a label, `time` in
+ * ISO 8601, `pid`, `msg`), plus the trace context of the request being
+ * handled (`trace_id`, `span_id`, `trace_flags`, the OpenTelemetry
+ * log-correlation names), added by a mixin that reads the active span.
+ *
+ * Lines go through `process.stdout` (info and below) and `process.stderr`
+ * (warn and above), not to file descriptors 1 and 2 as pino's default
+ * destination does: in cluster mode PM2 captures the workers' output by
+ * replacing `process.stdout.write` (pm2 lib/ProcessContainer.js), and lines
+ * written to fd 1 directly miss the app's log files (pino #491, pm2 #3871).
+ * Lines are gathered and written once per turn of the event loop; `flush()`
+ * writes what is gathered and waits until the stream has taken it.
+ *
+ * When the telemetry preload exports log records (OTEL_LOGS_EXPORTER), each
+ * line is also emitted to the OpenTelemetry Logs SDK, once, from the line as
+ * written (so redacted), in the active context (so with its span context).
  */
+import { context, INVALID_TRACEID, logs, SeverityNumber, trace, type AnyValue, type Logger as OtelLogger } from '@opentelemetry/api';
+import pino from 'pino';
+import type { LogLevel } from './config';
 
-type Fields = Record<string, unknown>;
+export type Logger = pino.Logger;
 
-function write(stream: NodeJS.WriteStream, level: string, msg: string, fields?: Fields): void {
-  const line: Fields = { level, time: new Date().toISOString(), pid: process.pid, msg, ...fields };
-  stream.write(`${JSON.stringify(line, errorReplacer)}\n`);
+/** Header names whose values never reach a line or a record, at any level. */
+export const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'x-auth-token', 'x-csrf-token'];
+
+/**
+ * pino `redact` paths: the secret headers where the kit's lines carry
+ * headers (the access line at debug level; a line logging a request as
+ * `req` or a response as `res`). Explicit paths, not a `*.headers` wildcard:
+ * measured, a wildcard path tripled the cost of every line, headers or not.
+ */
+export const REDACT_PATHS = SECRET_HEADERS.flatMap((name) => [`headers["${name}"]`, `req.headers["${name}"]`, `res.headers["${name}"]`]);
+
+export const REDACTED = '[Redacted]';
+
+const TRACE_FLAGS = ['00', '01'];
+
+/**
+ * The trace context of the active span, in the OpenTelemetry log-correlation
+ * field names; empty outside a span. A fresh object each call: pino merges
+ * the line's fields into it.
+ */
+export function traceFields(): Record<string, string> {
+  const span = trace.getSpan(context.active());
+  if (span === undefined) return {};
+  const spanContext = span.spanContext();
+  // The API's non-recording span carries the all-zero id; a span the SDK made
+  // has a valid one (isSpanContextValid's regular expressions cost more than the rest).
+  if (spanContext.traceId === INVALID_TRACEID) return {};
+  return {
+    trace_id: spanContext.traceId,
+    span_id: spanContext.spanId,
+    trace_flags: TRACE_FLAGS[spanContext.traceFlags] ?? spanContext.traceFlags.toString(16).padStart(2, '0'),
+  };
 }
 
-/** Errors serialise to their name, message and stack instead of `{}`. */
-function errorReplacer(_key: string, value: unknown): unknown {
-  if (value instanceof Error) return { type: value.name, message: value.message, stack: value.stack };
-  return value;
-}
-
-export const log = {
-  info: (msg: string, fields?: Fields): void => write(process.stdout, 'info', msg, fields),
-  warn: (msg: string, fields?: Fields): void => write(process.stderr, 'warn', msg, fields),
-  error: (msg: string, fields?: Fields): void => write(process.stderr, 'error', msg, fields),
+const SEVERITY: Record<string, SeverityNumber> = {
+  trace: SeverityNumber.TRACE,
+  debug: SeverityNumber.DEBUG,
+  info: SeverityNumber.INFO,
+  warn: SeverityNumber.WARN,
+  error: SeverityNumber.ERROR,
+  fatal: SeverityNumber.FATAL,
 };
 
-export type Logger = typeof log;
+/** Fields of a line that the record carries elsewhere (severity, time, body, span context, resource). */
+const NOT_ATTRIBUTES = new Set(['level', 'time', 'pid', 'msg', 'trace_id', 'span_id', 'trace_flags']);
+
+/** Emits a written line as an OpenTelemetry log record, in the active context. */
+function emitRecord(otel: OtelLogger, line: string): void {
+  let fields: Record<string, unknown>;
+  try {
+    fields = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return;
+  }
+  const attributes: Record<string, AnyValue> = {};
+  for (const key of Object.keys(fields)) if (!NOT_ATTRIBUTES.has(key)) attributes[key] = fields[key] as AnyValue;
+  const label = typeof fields.level === 'string' ? fields.level : 'info';
+  otel.emit({
+    severityNumber: SEVERITY[label] ?? SeverityNumber.UNSPECIFIED,
+    severityText: label,
+    body: typeof fields.msg === 'string' ? fields.msg : undefined,
+    attributes,
+  });
+}
+
+/** pino level number from which lines go to stderr (warn). */
+const STDERR_FROM = 40;
+/** Gathered output past which it is written at once rather than at the end of the turn. */
+const HIGH_WATER = 64 * 1024;
+
+/**
+ * pino's destination: gathers lines and writes them through process.stdout
+ * and process.stderr (see the module comment), and emits each to the Logs
+ * SDK when asked. pino tells it each line's level through `lastLevel`.
+ */
+export class StdioDestination {
+  readonly [pino.symbols.needsMetadataGsym] = true;
+  lastLevel = 0;
+  private out = '';
+  private err = '';
+  private scheduled = false;
+  private readonly writeGathered = (): void => this.flushSync();
+
+  constructor(
+    private readonly otel: OtelLogger | undefined,
+    private readonly stdout: NodeJS.WritableStream = process.stdout,
+    private readonly stderr: NodeJS.WritableStream = process.stderr,
+  ) {}
+
+  write(line: string): boolean {
+    if (this.lastLevel >= STDERR_FROM) this.err += line;
+    else this.out += line;
+    if (this.otel !== undefined) emitRecord(this.otel, line);
+    if (this.out.length + this.err.length >= HIGH_WATER) this.flushSync();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.writeGathered);
+    }
+    return true;
+  }
+
+  /** Hands what is gathered to the streams now. */
+  flushSync(): void {
+    this.scheduled = false;
+    if (this.out !== '') {
+      const out = this.out;
+      this.out = '';
+      this.stdout.write(out);
+    }
+    if (this.err !== '') {
+      const err = this.err;
+      this.err = '';
+      this.stderr.write(err);
+    }
+  }
+
+  /**
+   * Hands what is gathered to the streams and calls back once both have
+   * written it (under PM2: to the app's log files). pino's `logger.flush(cb)`
+   * calls this.
+   */
+  flush(callback: (error?: Error | null) => void = () => undefined): void {
+    this.flushSync();
+    this.stdout.write('', () => this.stderr.write('', () => callback()));
+  }
+}
+
+export interface LoggerOptions {
+  /** Lines below this level are not written (LOG_LEVEL). */
+  readonly level?: LogLevel;
+  /** Emit each line to the OpenTelemetry Logs SDK (when the preload exports log records). */
+  readonly emit?: boolean;
+  readonly stdout?: NodeJS.WritableStream;
+  readonly stderr?: NodeJS.WritableStream;
+}
+
+/** Destinations to flush before the process exits (see flushLogs). */
+const destinations = new Set<StdioDestination>();
+let exitHook = false;
+
+/** Builds a logger writing JSON lines through process.stdout/stderr. */
+export function createLogger(options: LoggerOptions = {}): Logger {
+  const otel = options.emit === true ? logs.getLogger('koa-pm2-otel') : undefined;
+  const destination = new StdioDestination(otel, options.stdout, options.stderr);
+  destinations.add(destination);
+  if (!exitHook) {
+    exitHook = true;
+    // A process.exit() from anywhere still hands over the gathered lines.
+    process.once('exit', () => {
+      for (const gathered of destinations) gathered.flushSync();
+    });
+  }
+  return pino(
+    {
+      level: options.level ?? 'info',
+      base: { pid: process.pid },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      mixin: traceFields,
+      redact: { paths: REDACT_PATHS, censor: REDACTED },
+    },
+    destination,
+  );
+}
+
+/**
+ * Writes every logger's gathered lines and calls back once stdout and
+ * stderr have taken them: what the server waits for before it exits (PM2
+ * loses a worker's last lines otherwise, pm2 #4075).
+ */
+export function flushLogs(callback: () => void): void {
+  let pending = destinations.size;
+  if (pending === 0) {
+    process.stdout.write('', () => callback());
+    return;
+  }
+  for (const destination of destinations) {
+    destination.flush(() => {
+      pending -= 1;
+      if (pending === 0) callback();
+    });
+  }
+}
+
+/** The default logger, at info level, until the server has read LOG_LEVEL. */
+export const log: Logger = createLogger();

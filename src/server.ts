@@ -20,8 +20,8 @@ import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createApp, MAX_URL_LENGTH } from './app';
 import { ConfigError, loadConfig, type Config } from './config';
-import { log } from './log';
-import { recordError, shutdownTelemetry } from './telemetry';
+import { createLogger, flushLogs, log as defaultLog, type Logger } from './log';
+import { logsExported, recordError, shutdownTelemetry } from './telemetry';
 
 export interface RunningServer {
   readonly server: http.Server;
@@ -30,9 +30,9 @@ export interface RunningServer {
 }
 
 /** Starts listening with the given config; resolves once the port is bound. */
-export async function startServer(config: Config): Promise<RunningServer> {
+export async function startServer(config: Config, log: Logger = defaultLog): Promise<RunningServer> {
   let shuttingDown = false;
-  const app = createApp({ isShuttingDown: () => shuttingDown, testRoutes: config.testRoutes });
+  const app = createApp({ isShuttingDown: () => shuttingDown, testRoutes: config.testRoutes, log, accessLog: config.accessLog });
   const handle = app.callback();
 
   // Requests not yet answered: what the drain waits for, and what a drain
@@ -99,7 +99,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       const drained = await Promise.race([Promise.race([closed, drain()]).then(() => true), delay(config.drainTimeoutMs).then(() => false)]);
       if (!drained) {
         timedOut = true;
-        log.warn('drain timeout: cutting the requests still running', { drainTimeoutMs: config.drainTimeoutMs, requests: inFlight.size });
+        log.warn({ drainTimeoutMs: config.drainTimeoutMs, requests: inFlight.size }, 'drain timeout: cutting the requests still running');
         server.closeAllConnections();
       }
       await shutdownTelemetry(config.flushTimeoutMs);
@@ -211,24 +211,27 @@ async function main(): Promise<void> {
     config = loadConfig();
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    log.error(`invalid configuration: ${error.message}`);
+    defaultLog.error(`invalid configuration: ${error.message}`);
     process.exitCode = 1;
     return;
   }
 
-  const running = await startServer(config);
+  // The preload says whether log records are exported; then each line is also a record.
+  const log = createLogger({ level: config.logLevel, emit: logsExported() });
+  const running = await startServer(config, log);
   const address = running.server.address();
-  log.info('listening', { address });
+  log.info({ address }, 'listening');
   // PM2 `wait_ready`: the worker counts as online (and a reload moves on) only now.
   process.send?.('ready');
 
   const exit = (code: number): void => {
-    // PM2 writes app output to its log files asynchronously: wait for the
-    // last line to be written before exiting, or it may be lost.
-    process.stdout.write('', () => process.exit(code));
+    // PM2 writes app output to its log files asynchronously, and the logger
+    // gathers lines for the end of the turn: hand them over and wait for the
+    // last one to be written before exiting, or it may be lost (pm2 #4075).
+    flushLogs(() => process.exit(code));
   };
   const stop = (signal: NodeJS.Signals): void => {
-    log.info('shutting down', { signal });
+    log.info({ signal }, 'shutting down');
     void running.close().then(() => exit(0));
   };
   process.once('SIGINT', stop);
@@ -239,7 +242,7 @@ async function main(): Promise<void> {
   // and exit non-zero so that PM2 starts a fresh, instrumented worker.
   let crashing = false;
   const crash = (kind: string) => (error: unknown): void => {
-    log.error(`${kind}: the worker exits`, { err: error });
+    log.error({ err: error }, `${kind}: the worker exits`);
     if (crashing) return;
     crashing = true;
     if (error instanceof Error) recordError(error);
@@ -255,7 +258,7 @@ async function main(): Promise<void> {
 
 if (require.main === module) {
   main().catch((error: unknown) => {
-    log.error('failed to start', { err: error });
-    process.exit(1);
+    defaultLog.error({ err: error }, 'failed to start');
+    flushLogs(() => process.exit(1));
   });
 }

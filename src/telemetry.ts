@@ -17,6 +17,10 @@ export interface TelemetryHook {
   shutdown(timeoutMs: number): Promise<void>;
   /** Spans delivered, dropped and held (during a collector outage) by the OTLP exporters so far. */
   stats(): { delivered: number; dropped: number; held: number };
+  /** The same for the OTLP log record exporters. */
+  logStats?(): { delivered: number; dropped: number; held: number };
+  /** Whether log records are exported (OTEL_LOGS_EXPORTER): the app's logger then emits each line to the Logs SDK. */
+  readonly logsExported?: boolean;
 }
 
 /** Shared with `otel/register.ts`: a registry symbol, so both sides agree without importing each other. */
@@ -34,6 +38,16 @@ export async function shutdownTelemetry(timeoutMs: number): Promise<void> {
 /** What the OTLP exporters did so far, or undefined without telemetry. */
 export function telemetryStats(): ReturnType<TelemetryHook['stats']> | undefined {
   return hook()?.stats();
+}
+
+/** What the OTLP log record exporters did so far, or undefined without them. */
+export function telemetryLogStats(): ReturnType<NonNullable<TelemetryHook['logStats']>> | undefined {
+  return hook()?.logStats?.();
+}
+
+/** Whether the preload exports log records, so that the logger should emit them. */
+export function logsExported(): boolean {
+  return hook()?.logsExported === true;
 }
 
 /**

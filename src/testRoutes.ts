@@ -4,13 +4,20 @@
  * a normal deployment.
  */
 import Router from '@koa/router';
-import { telemetryStats } from './telemetry';
+import type { Logger } from './log';
+import { telemetryLogStats, telemetryStats } from './telemetry';
 
 /** Longest `/_test/slow` wait: a bounded test route, well under REQUEST_TIMEOUT_MS's default. */
 export const MAX_SLOW_MS = 30_000;
 
-export function testRoutes(): Router {
+export function testRoutes(log: Logger): Router {
   const router = new Router({ prefix: '/_test' });
+  // Writes one line from within the request (`?marker=` is copied into it): its trace context is the request's.
+  router.get('/log', (ctx) => {
+    const marker = typeof ctx.query.marker === 'string' ? ctx.query.marker.slice(0, 200) : '';
+    log.info({ marker }, 'test log line');
+    ctx.body = { pid: process.pid, marker };
+  });
   router.get('/error', () => {
     throw new Error('injected handler error');
   });
@@ -56,6 +63,7 @@ export function testRoutes(): Router {
       heapUsed: memory.heapUsed,
       activeResources: process.getActiveResourcesInfo().length,
       telemetry: telemetryStats(),
+      logs: telemetryLogStats(),
     };
   });
   return router;

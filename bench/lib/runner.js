@@ -44,11 +44,29 @@ const BSP_SCHEDULE_DELAY_MS = 5000;
 
 /** @type {Config[]} */
 const CONFIGS = [
-  { id: 'off', title: 'kit, OTEL_SDK_DISABLED=true', short: 'no tracing', kind: 'pm2', traced: false, env: () => ({ OTEL_SDK_DISABLED: 'true' }) },
+  // The access log is off unless a config says otherwise, so that the
+  // figures of the other configs stay comparable with earlier runs.
+  { id: 'off', title: 'kit, OTEL_SDK_DISABLED=true, ACCESS_LOG=false', short: 'no tracing', kind: 'pm2', traced: false, env: () => ({ OTEL_SDK_DISABLED: 'true', ACCESS_LOG: 'false' }) },
   {
     id: 'kit',
-    title: 'kit, traces only: 100% sampled, OTLP/gRPC (OTEL_METRICS_EXPORTER=none)',
+    title: 'kit, traces only: 100% sampled, OTLP/gRPC (OTEL_METRICS_EXPORTER=none, OTEL_LOGS_EXPORTER=none, ACCESS_LOG=false)',
     short: 'kit, traces',
+    kind: 'pm2',
+    traced: true,
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
+  },
+  {
+    id: 'access',
+    title: 'kit, traces + the access log on stdout (PM2 log files), no OTLP logs',
+    short: 'kit, traces + access log',
+    kind: 'pm2',
+    traced: true,
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }),
+  },
+  {
+    id: 'access-otlp',
+    title: 'kit, traces + the access log on stdout and as OTLP log records over gRPC',
+    short: 'kit, traces + access log + OTLP logs',
     kind: 'pm2',
     traced: true,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none' }),
@@ -60,7 +78,7 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     // 5 s rather than the default 60 s, so that exports fall within each load.
-    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '5000' }),
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '5000', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
   },
   {
     id: 'textbook',
@@ -69,7 +87,7 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     preload: path.join(__dirname, '..', 'textbook-preload.js'),
-    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none' }),
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
   },
   { id: 'python', title: 'FastAPI, gunicorn + 2 uvicorn workers (uninstrumented)', short: 'FastAPI, untraced', kind: 'python', traced: false },
 ];

@@ -167,6 +167,10 @@ test.each(cases)('%s, a collector that %s (%s): every request served, the outage
     OTEL_SERVICE_NAME: name,
     OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint,
     OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
+    // Spans only: log records and metrics behind the same collector would add
+    // lines of their own (test/otel/logs.test.ts and metrics.test.ts cover them).
+    OTEL_LOGS_EXPORTER: 'none',
+    OTEL_METRICS_EXPORTER: 'none',
     OTEL_BSP_SCHEDULE_DELAY: '200',
     ...EXPORT_TIMEOUTS[mode],
     DRAIN_TIMEOUT_MS: String(DRAIN_TIMEOUT_MS),

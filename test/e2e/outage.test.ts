@@ -119,6 +119,8 @@ async function startApp(name: string, collector: Collector, env: Record<string, 
       ENABLE_TEST_ROUTES: 'true',
       OTEL_SERVICE_NAME: name,
       OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.port}`,
+      // Spans only: log records behind the same collector would add lines of their own (test/otel/logs.test.ts covers them).
+      OTEL_LOGS_EXPORTER: 'none',
       OTEL_BSP_SCHEDULE_DELAY: '200',
       OTEL_NODE_EXCLUDED_URLS: '/healthz,/readyz,/_test/stats',
       ...env,

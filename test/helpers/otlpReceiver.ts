@@ -2,7 +2,8 @@
  * A real OTLP trace receiver for tests: an OTLP/gRPC server and an OTLP/HTTP server
  * (protobuf, optionally gzip, and best-effort JSON) on random local ports, decoding
  * every export into flat {@link ReceivedSpan}s. It takes OTLP metrics too (gRPC and
- * HTTP protobuf, `/v1/metrics`), as flat {@link ReceivedMetric} data points.
+ * HTTP protobuf, `/v1/metrics`), as flat {@link ReceivedMetric} data points, and OTLP logs
+ * (gRPC and HTTP protobuf, `/v1/logs`), as flat {@link ReceivedLogRecord}s.
  *
  * @example
  *   const receiver = await startReceiver();
@@ -65,6 +66,32 @@ export interface ReceivedMetric {
   timeUnixNano: bigint;
 }
 
+/** One log record as the receiver decoded it, flattened with its resource and scope. */
+export interface ReceivedLogRecord {
+  /** Resource attributes, flattened like span attributes. */
+  resource: Record<string, unknown>;
+  scope: string;
+  /** OTLP SeverityNumber (9 INFO, 13 WARN, 17 ERROR, ...). */
+  severityNumber: number;
+  severityText: string;
+  body: unknown;
+  attributes: Record<string, unknown>;
+  /** Lowercase hex, `''` without a span context. */
+  traceId: string;
+  spanId: string;
+  /** The W3C trace flags (bit 0: sampled). */
+  flags: number;
+  timeUnixNano: bigint;
+}
+
+/** One logs export request as it arrived. */
+export interface ReceivedLogRequest {
+  transport: 'grpc' | 'http';
+  headers: Record<string, string>;
+  recordCount: number;
+  accepted: boolean;
+}
+
 /** One metrics export request as it arrived. */
 export interface ReceivedMetricRequest {
   transport: 'grpc' | 'http';
@@ -115,7 +142,13 @@ export interface OtlpReceiver {
   readonly metricRequests: ReceivedMetricRequest[];
   /** Like {@link waitFor}, for metric data points. */
   waitForMetrics(predicate: (metrics: ReceivedMetric[]) => boolean, timeoutMs?: number): Promise<ReceivedMetric[]>;
-  /** Forget recorded spans, metrics and requests (arrays previously read stay untouched). */
+  /** Every accepted log record, in arrival order. */
+  readonly logs: ReceivedLogRecord[];
+  /** One entry per logs export request, including refused ones. */
+  readonly logRequests: ReceivedLogRequest[];
+  /** Like {@link waitFor}, for log records. */
+  waitForLogs(predicate: (logs: ReceivedLogRecord[]) => boolean, timeoutMs?: number): Promise<ReceivedLogRecord[]>;
+  /** Forget recorded spans, metrics, log records and requests (arrays previously read stay untouched). */
   reset(): void;
   /** Stop both servers, dropping open connections, and reject pending `waitFor` calls. */
   close(): Promise<void>;
@@ -148,6 +181,11 @@ const metricsSchema = protobuf.loadSync(path.join(__dirname, 'otlp-metrics.proto
 const ExportMetricsRequest = metricsSchema.lookupType('opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest');
 const ExportMetricsResponse = metricsSchema.lookupType('opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceResponse');
 const EMPTY_METRICS_RESPONSE = Buffer.from(ExportMetricsResponse.encode(ExportMetricsResponse.create({})).finish());
+const GRPC_LOGS_EXPORT_PATH = '/opentelemetry.proto.collector.logs.v1.LogsService/Export';
+const logsSchema = protobuf.loadSync(path.join(__dirname, 'otlp-logs.proto'));
+const ExportLogsRequest = logsSchema.lookupType('opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest');
+const ExportLogsResponse = logsSchema.lookupType('opentelemetry.proto.collector.logs.v1.ExportLogsServiceResponse');
+const EMPTY_LOGS_RESPONSE = Buffer.from(ExportLogsResponse.encode(ExportLogsResponse.create({})).finish());
 
 // Shape of `Type.toObject(msg, TO_OBJECT)`: camelCase keys, bytes as Buffer, 64-bit ints as
 // bigint, defaults filled in (unset sub-messages become null), oneof name in `value`.
@@ -322,6 +360,50 @@ function decodeMetrics(body: Uint8Array): ReceivedMetric[] {
   return out;
 }
 
+interface PbExportLogsRequest {
+  resourceLogs: {
+    resource: { attributes: PbKeyValue[] } | null;
+    scopeLogs: {
+      scope: { name: string } | null;
+      logRecords: {
+        timeUnixNano: bigint;
+        severityNumber: number;
+        severityText: string;
+        body: PbAnyValue | null;
+        attributes: PbKeyValue[];
+        flags: number;
+        traceId: Buffer;
+        spanId: Buffer;
+      }[];
+    }[];
+  }[];
+}
+
+function decodeLogs(body: Uint8Array): ReceivedLogRecord[] {
+  const req = ExportLogsRequest.toObject(ExportLogsRequest.decode(body), TO_OBJECT) as PbExportLogsRequest;
+  const out: ReceivedLogRecord[] = [];
+  for (const rl of req.resourceLogs) {
+    const resource = attributesToJs(rl.resource?.attributes ?? []);
+    for (const sl of rl.scopeLogs) {
+      for (const r of sl.logRecords) {
+        out.push({
+          resource,
+          scope: sl.scope?.name ?? '',
+          severityNumber: r.severityNumber,
+          severityText: r.severityText,
+          body: anyValueToJs(r.body),
+          attributes: attributesToJs(r.attributes),
+          traceId: Buffer.from(r.traceId).toString('hex'),
+          spanId: Buffer.from(r.spanId).toString('hex'),
+          flags: r.flags,
+          timeUnixNano: r.timeUnixNano,
+        });
+      }
+    }
+  }
+  return out;
+}
+
 function decodeProtobuf(body: Uint8Array): ReceivedSpan[] {
   const msg = ExportRequest.decode(body);
   return flattenRequest(ExportRequest.toObject(msg, TO_OBJECT) as PbExportRequest);
@@ -411,6 +493,9 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
   let requests: ReceivedRequest[] = [];
   let metrics: ReceivedMetric[] = [];
   let metricRequests: ReceivedMetricRequest[] = [];
+  let logs: ReceivedLogRecord[] = [];
+  let logRequests: ReceivedLogRequest[] = [];
+  const logListeners = new Set<() => void>();
   let failure: 'none' | 'unavailable' = 'none';
   const listeners = new Set<() => void>();
   const metricListeners = new Set<() => void>();
@@ -443,6 +528,16 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
     if (accepted) {
       metrics.push(...received);
       for (const notify of [...metricListeners]) notify();
+    }
+    return accepted;
+  };
+
+  const recordLogs = (transport: ReceivedLogRequest['transport'], headers: Record<string, string>, received: ReceivedLogRecord[]): boolean => {
+    const accepted = failure === 'none';
+    logRequests.push({ transport, headers, recordCount: received.length, accepted });
+    if (accepted) {
+      logs.push(...received);
+      for (const notify of [...logListeners]) notify();
     }
     return accepted;
   };
@@ -489,6 +584,22 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
     },
   });
 
+  grpcServer.addService({ Export: { ...exportMethod, path: GRPC_LOGS_EXPORT_PATH } }, {
+    Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+      let received: ReceivedLogRecord[];
+      try {
+        received = decodeLogs(call.request);
+      } catch (err) {
+        callback({ code: grpc.status.INVALID_ARGUMENT, details: `cannot decode ExportLogsServiceRequest: ${String(err)}` });
+        return;
+      }
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(call.metadata.getMap())) headers[k] = typeof v === 'string' ? v : v.toString('base64');
+      if (recordLogs('grpc', headers, received)) later(() => callback(null, EMPTY_LOGS_RESPONSE));
+      else later(() => callback({ code: grpc.status.UNAVAILABLE, details: 'test receiver is set to fail' }));
+    },
+  });
+
   const httpServer = http.createServer((req, res) => {
     const reply = (status: number, contentType: string, body: string | Buffer): void => {
       res.writeHead(status, { 'Content-Type': contentType }).end(body);
@@ -506,6 +617,18 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
         for (const [k, v] of Object.entries(req.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
         if (!recordMetrics('http', headers, received)) return reply(503, 'text/plain', 'test receiver is set to fail');
         return reply(200, 'application/x-protobuf', EMPTY_METRICS_RESPONSE);
+      }
+      if (pathname === '/v1/logs' && req.method === 'POST') {
+        let received: ReceivedLogRecord[];
+        try {
+          received = decodeLogs(await readBody(req));
+        } catch (err) {
+          return reply(400, 'text/plain', `cannot decode ExportLogsServiceRequest: ${String(err)}`);
+        }
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(req.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+        if (!recordLogs('http', headers, received)) return later(() => reply(503, 'text/plain', 'test receiver is set to fail'));
+        return later(() => reply(200, 'application/x-protobuf', EMPTY_LOGS_RESPONSE));
       }
       if (!httpPaths.includes(pathname)) return reply(404, 'text/plain', 'not found');
       if (req.method !== 'POST') return reply(405, 'text/plain', 'method not allowed');
@@ -603,6 +726,37 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
         check();
       });
     },
+    get logs() {
+      return logs;
+    },
+    get logRequests() {
+      return logRequests;
+    },
+    waitForLogs(predicate, timeoutMs = DEFAULT_WAIT_MS) {
+      return new Promise<ReceivedLogRecord[]>((resolve, reject) => {
+        const finish = (err?: Error): void => {
+          clearTimeout(timer);
+          logListeners.delete(check);
+          closers.delete(finish);
+          if (err) reject(err);
+          else resolve([...logs]);
+        };
+        const check = (): void => {
+          try {
+            if (predicate(logs)) finish();
+          } catch (err) {
+            finish(err instanceof Error ? err : new Error(String(err)));
+          }
+        };
+        const timer = setTimeout(() => {
+          const bodies = logs.slice(-5).map((l) => JSON.stringify(l.body)).join(', ');
+          finish(new Error(`OTLP receiver: logs condition not met within ${timeoutMs}ms; ${logs.length} log record(s) received${bodies ? `, last: ${bodies}` : ''}`));
+        }, timeoutMs);
+        logListeners.add(check);
+        closers.add(finish);
+        check();
+      });
+    },
     setFailure(mode) {
       failure = mode;
     },
@@ -611,6 +765,8 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
       requests = [];
       metrics = [];
       metricRequests = [];
+      logs = [];
+      logRequests = [];
     },
     async close() {
       for (const finish of [...closers]) finish(new Error('OTLP receiver closed while waiting for spans'));

@@ -106,6 +106,15 @@ describe('OTLP metrics', () => {
       expect.arrayContaining([component, { ...component, 'error.type': 'dropped' }]),
     );
     expect(of(receiver.metrics, pid, 'otel.sdk.exporter.span.inflight').map((p) => [p.attributes, p.type])).toEqual([[component, 'sum']]);
+    // The log record exporter's health, by the same conventions (logs go where the endpoint is too).
+    const logs = { 'otel.component.type': 'otlp_grpc_log_exporter', 'otel.component.name': 'otlp_grpc_log_exporter/0' };
+    expect(of(receiver.metrics, pid, 'otel.sdk.exporter.log.exported').map((p) => [p.attributes, p.unit])).toEqual(
+      expect.arrayContaining([
+        [logs, '{log_record}'],
+        [{ ...logs, 'error.type': 'dropped' }, '{log_record}'],
+      ]),
+    );
+    expect(of(receiver.metrics, pid, 'otel.sdk.exporter.log.inflight').map((p) => [p.attributes, p.type])).toEqual([[logs, 'sum']]);
     expect(receiver.metricRequests.every((r) => r.transport === 'grpc')).toBe(true);
   });
 
@@ -228,6 +237,7 @@ describe('a collector outage', () => {
     const child = startServer({
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
       OTEL_TRACES_EXPORTER: 'none',
+      OTEL_LOGS_EXPORTER: 'none',
       OTEL_METRIC_EXPORT_INTERVAL: '250',
       OTEL_EXPORTER_OTLP_METRICS_TIMEOUT: '200',
     });

@@ -33,6 +33,15 @@ describe('toProbes', () => {
     });
   });
 
+  it('shows the OTLP log record exporters’ counts beside the spans’', () => {
+    expect(toProbes({ ...base, logs: { delivered: 300, dropped: 2, held: 5 } }, undefined)).toMatchObject({
+      'Logs exported': { value: 300, unit: 'records' },
+      'Logs dropped': { value: 2, unit: 'records' },
+      'Logs held': { value: 5, unit: 'records' },
+    });
+    expect(Object.keys(toProbes(base, undefined))).not.toContain('Logs exported');
+  });
+
   it('leaves out what it cannot know: requests without the server instrumentation, spans without an OTLP exporter, delay without samples', () => {
     const probes = toProbes({ ...base, at: 3000, requests: undefined, spans: undefined, delayP99Ms: undefined }, base);
     expect(Object.keys(probes).sort()).toEqual(['Event loop utilization', 'Heap used']);

@@ -36,6 +36,11 @@ describe('readSettings', () => {
         exportTimeoutMillis: 30000,
         prometheus: { host: 'localhost', port: 9464 },
       },
+      logs: {
+        exporters: [],
+        otlp: undefined,
+        batch: { maxQueueSize: 2048, maxExportBatchSize: 512, scheduledDelayMillis: 1000, exportTimeoutMillis: 30000 },
+      },
       resourceDetectors: DEFAULT_RESOURCE_DETECTORS,
       instrumentations: ['http', 'undici'],
       excludedPaths: ['/healthz', '/readyz'],
@@ -119,10 +124,11 @@ describe('readSettings', () => {
   });
 
   it('does not check OTLP settings when no OTLP exporter is in use', () => {
-    // An endpoint turns OTLP metrics on by default: off here, nothing uses it.
-    const settings = readSettings({ OTEL_TRACES_EXPORTER: 'console', OTEL_METRICS_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' });
+    // An endpoint turns OTLP metrics and logs on by default: off here, nothing uses it.
+    const settings = readSettings({ OTEL_TRACES_EXPORTER: 'console', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' });
     expect(settings.otlp).toBeUndefined();
     expect(settings.metrics.otlp).toBeUndefined();
+    expect(settings.logs.otlp).toBeUndefined();
   });
 
   it.each(['true', 'TRUE', ' True '])('is disabled with OTEL_SDK_DISABLED=%j', (value) => {
@@ -357,6 +363,56 @@ describe('readSettings', () => {
         'OTEL_EXPORTER_OTLP_METRICS_HEADERS: entry 1 of 1 is not key=value (values are not shown)',
       ],
       [
+        'an unknown logs exporter',
+        { OTEL_LOGS_EXPORTER: 'otlp,loki' },
+        'OTEL_LOGS_EXPORTER: unknown value "loki", expected one of otlp, console, none',
+      ],
+      [
+        'a logs protocol that is not one',
+        { OTEL_LOGS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_LOGS_PROTOCOL: 'thrift' },
+        'OTEL_EXPORTER_OTLP_LOGS_PROTOCOL: unknown value "thrift", expected one of grpc, http/protobuf, http/json',
+      ],
+      [
+        'a logs endpoint that is not a URL',
+        { OTEL_LOGS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: 'not a url' },
+        'OTEL_EXPORTER_OTLP_LOGS_ENDPOINT must be a URL such as http://localhost:4317, got "not a url"',
+      ],
+      [
+        'a malformed logs header',
+        { OTEL_LOGS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_LOGS_HEADERS: 'novalue' },
+        'OTEL_EXPORTER_OTLP_LOGS_HEADERS: entry 1 of 1 is not key=value (values are not shown)',
+      ],
+      [
+        'a logs timeout that is not a number of milliseconds',
+        { OTEL_LOGS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_LOGS_TIMEOUT: '10s' },
+        'OTEL_EXPORTER_OTLP_LOGS_TIMEOUT must be a whole number of milliseconds, 1 or more, got "10s"',
+      ],
+      [
+        'an unknown logs compression',
+        { OTEL_LOGS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_LOGS_COMPRESSION: 'zstd' },
+        'OTEL_EXPORTER_OTLP_LOGS_COMPRESSION: unknown value "zstd", expected one of gzip, none',
+      ],
+      [
+        'a log batch delay that is not an integer',
+        { OTEL_BLRP_SCHEDULE_DELAY: '1s' },
+        'OTEL_BLRP_SCHEDULE_DELAY must be a non-negative integer, got "1s"',
+      ],
+      [
+        'a log batch larger than the log queue',
+        { OTEL_BLRP_MAX_QUEUE_SIZE: '10', OTEL_BLRP_MAX_EXPORT_BATCH_SIZE: '20' },
+        'OTEL_BLRP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BLRP_MAX_QUEUE_SIZE',
+      ],
+      [
+        'an empty log queue',
+        { OTEL_BLRP_MAX_QUEUE_SIZE: '0', OTEL_BLRP_MAX_EXPORT_BATCH_SIZE: '0' },
+        'OTEL_BLRP_MAX_QUEUE_SIZE and OTEL_BLRP_MAX_EXPORT_BATCH_SIZE must be 1 or more',
+      ],
+      [
+        'a log export timeout that is not an integer',
+        { OTEL_BLRP_EXPORT_TIMEOUT: '-1' },
+        'OTEL_BLRP_EXPORT_TIMEOUT must be a non-negative integer, got "-1"',
+      ],
+      [
         'an instrumentation name that is not one',
         { OTEL_NODE_ENABLED_INSTRUMENTATIONS: 'HTTP' },
         'OTEL_NODE_ENABLED_INSTRUMENTATIONS/OTEL_NODE_DISABLED_INSTRUMENTATIONS: "HTTP" is not an instrumentation name such as http or pg',
@@ -562,5 +618,67 @@ describe('parseHeaders and the exporters agree', () => {
 
   it('keeps "=" padding after the first "="', () => {
     expect(parseHeaders('OTEL_EXPORTER_OTLP_HEADERS', 'authorization=Basic%20dXNlcjpwYQ==')).toEqual({ authorization: 'Basic dXNlcjpwYQ==' });
+  });
+});
+
+describe('readSettings: logs', () => {
+  it('exports no log records without an endpoint: the lines on stdout are the log', () => {
+    expect(readSettings({}).logs.exporters).toEqual([]);
+    expect(readSettings({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://localhost:4317' }).logs.exporters).toEqual([]);
+  });
+
+  it('sends log records over OTLP/gRPC to the base endpoint, with the spec\'s batch defaults', () => {
+    const { logs } = readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4317' });
+    expect(logs).toEqual({
+      exporters: ['otlp'],
+      otlp: { protocol: 'grpc', url: 'http://collector:4317/', headers: {}, timeoutMillis: 10000 },
+      batch: { maxQueueSize: 2048, maxExportBatchSize: 512, scheduledDelayMillis: 1000, exportTimeoutMillis: 30000 },
+    });
+  });
+
+  it('appends /v1/logs for HTTP and prefers the logs-specific protocol, endpoint, headers and timeout', () => {
+    const http = readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otlp.example.com/base/', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' });
+    expect(http.logs.otlp?.url).toBe('https://otlp.example.com/base/v1/logs');
+    const specific = readSettings({
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://localhost:4317',
+      OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: 'https://logs.example.com/custom',
+      OTEL_EXPORTER_OTLP_LOGS_PROTOCOL: 'http/json',
+      OTEL_EXPORTER_OTLP_HEADERS: 'a=1,b=2',
+      OTEL_EXPORTER_OTLP_LOGS_HEADERS: 'b=3',
+      OTEL_EXPORTER_OTLP_LOGS_TIMEOUT: '2500',
+    });
+    expect(specific.logs.otlp).toEqual({ protocol: 'http/json', url: 'https://logs.example.com/custom', headers: { a: '1', b: '3' }, timeoutMillis: 2500 });
+    expect(specific.otlp).toMatchObject({ protocol: 'grpc', headers: { a: '1', b: '2' }, timeoutMillis: 10000 });
+  });
+
+  it('reads the exporter list, none, and the OTEL_BLRP_* batch settings', () => {
+    const settings = readSettings({
+      OTEL_LOGS_EXPORTER: 'console',
+      OTEL_BLRP_SCHEDULE_DELAY: '200',
+      OTEL_BLRP_MAX_QUEUE_SIZE: '100',
+      OTEL_BLRP_MAX_EXPORT_BATCH_SIZE: '10',
+      OTEL_BLRP_EXPORT_TIMEOUT: '5000',
+    });
+    expect(settings.logs).toEqual({
+      exporters: ['console'],
+      otlp: undefined,
+      batch: { maxQueueSize: 100, maxExportBatchSize: 10, scheduledDelayMillis: 200, exportTimeoutMillis: 5000 },
+    });
+    expect(readSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x:4317', OTEL_LOGS_EXPORTER: 'otlp,none' }).logs.exporters).toEqual([]);
+  });
+
+  it('turns logs off with the SDK', () => {
+    expect(readSettings({ OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x:4317', OTEL_LOGS_EXPORTER: 'otlp' }).logs.exporters).toEqual([]);
+  });
+
+  it('masks the logs header values with the others', () => {
+    expect(secretsIn({ OTEL_EXPORTER_OTLP_LOGS_HEADERS: `authorization=Bearer%20${SECRET}` })).toEqual([`Bearer%20${SECRET}`, `Bearer ${SECRET}`]);
+  });
+
+  it('does not show a logs header value that cannot be parsed', () => {
+    const error = errorFrom(() => readSettings({ OTEL_LOGS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_LOGS_HEADERS: `authorization=${SECRET}%E0%A4%A` }));
+    expect(error).toBeInstanceOf(TelemetryConfigError);
+    expect(error.message).not.toContain(SECRET);
+    expect(error.message).toContain('OTEL_EXPORTER_OTLP_LOGS_HEADERS');
   });
 });

@@ -8,7 +8,7 @@ function fakeLog(): { log: Logger; error: jest.Mock; warn: jest.Mock; info: jest
   const error = jest.fn();
   const warn = jest.fn();
   const info = jest.fn();
-  return { log: { error, warn, info }, error, warn, info };
+  return { log: { error, warn, info, isLevelEnabled: () => false } as unknown as Logger, error, warn, info };
 }
 
 /** A fresh app per test, driven without a port. */
@@ -144,10 +144,10 @@ describe('unexpected errors', () => {
 
     expect(error).toHaveBeenCalledTimes(1);
     expect(error).toHaveBeenCalledWith(
-      'request failed',
       expect.objectContaining({ method: 'GET', path: '/boom', status: 500, err: expect.any(Error) }),
+      'request failed',
     );
-    const fields = error.mock.calls[0]?.[1] as { err: Error };
+    const fields = error.mock.calls[0]?.[0] as { err: Error };
     expect(fields.err.message).toBe('database password is hunter2');
   });
 
@@ -160,7 +160,7 @@ describe('unexpected errors', () => {
     expect(res.body).toEqual({ error: 'Internal Server Error', status: 500 });
     expect(res.text).not.toContain('pool exhausted');
     expect(error).toHaveBeenCalledTimes(1);
-    expect(error).toHaveBeenCalledWith('request failed', expect.objectContaining({ method: 'GET', path: '/busy', status: 503 }));
+    expect(error).toHaveBeenCalledWith(expect.objectContaining({ method: 'GET', path: '/busy', status: 503 }), 'request failed');
   });
 
   it('does not expose a 5xx error even when it is marked expose: true', async () => {

@@ -12,6 +12,8 @@ describe('loadConfig', () => {
       drainTimeoutMs: 3000,
       flushTimeoutMs: 2000,
       testRoutes: false,
+      logLevel: 'info',
+      accessLog: true,
     });
   });
 
@@ -39,6 +41,8 @@ describe('loadConfig', () => {
         DRAIN_TIMEOUT_MS: '1000',
         FLUSH_TIMEOUT_MS: '1500',
         ENABLE_TEST_ROUTES: 'true',
+        LOG_LEVEL: 'warning',
+        ACCESS_LOG: 'false',
       }),
     ).toEqual({
       host: '127.0.0.1',
@@ -50,11 +54,38 @@ describe('loadConfig', () => {
       drainTimeoutMs: 1000,
       flushTimeoutMs: 1500,
       testRoutes: true,
+      logLevel: 'warn',
+      accessLog: false,
     });
   });
 
   it('rejects a flag that is neither true nor false', () => {
     expect(() => loadConfig({ ENABLE_TEST_ROUTES: 'yes' })).toThrow(new ConfigError('ENABLE_TEST_ROUTES must be true or false, got "yes"'));
+  });
+
+  it("maps Gunicorn's loglevel names onto pino's levels, in any case", () => {
+    expect(['debug', 'INFO', 'warning', 'error', 'critical', 'trace', 'silent'].map((LOG_LEVEL) => loadConfig({ LOG_LEVEL }).logLevel)).toEqual([
+      'debug',
+      'info',
+      'warn',
+      'error',
+      'fatal',
+      'trace',
+      'silent',
+    ]);
+  });
+
+  it('rejects an unknown LOG_LEVEL with the accepted names', () => {
+    expect(() => loadConfig({ LOG_LEVEL: 'verbose' })).toThrow(
+      new ConfigError('LOG_LEVEL must be one of trace, debug, info, warn, warning, error, critical, fatal, silent, got "verbose"'),
+    );
+    expect(() => loadConfig({ LOG_LEVEL: '__proto__' })).toThrow(ConfigError);
+  });
+
+  it('turns the access log off with ACCESS_LOG=false or 0, and rejects anything but a flag', () => {
+    expect(loadConfig({ ACCESS_LOG: '0' }).accessLog).toBe(false);
+    expect(loadConfig({ ACCESS_LOG: 'TRUE' }).accessLog).toBe(true);
+    expect(() => loadConfig({ ACCESS_LOG: 'off' })).toThrow(new ConfigError('ACCESS_LOG must be true or false, got "off"'));
   });
 
   it('trims whitespace around values', () => {

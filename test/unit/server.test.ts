@@ -119,7 +119,7 @@ describe('graceful stop', () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     await server.close();
     expect(warn).toHaveBeenCalledTimes(1);
-    expect(warn).toHaveBeenCalledWith('drain timeout: cutting the requests still running', { drainTimeoutMs: 300, requests: 3 });
+    expect(warn).toHaveBeenCalledWith({ drainTimeoutMs: 300, requests: 3 }, 'drain timeout: cutting the requests still running');
     for (const result of await Promise.all(cut)) expect(result).toMatchObject({ status: 0, complete: false, timedOut: false });
     // Let the cut handlers' timers end before the next test.
     await new Promise((resolve) => setTimeout(resolve, 1500));

@@ -1,0 +1,147 @@
+/**
+ * The logger and the access log in-process: the line shape, the trace
+ * context mixin, redaction of headers and query values, and the access line
+ * of a request driven through the app.
+ */
+import { PassThrough } from 'node:stream';
+import { context, trace, TraceFlags } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import supertest from 'supertest';
+import { createApp } from '../../src/app';
+import { accessFields, redactQuery } from '../../src/accessLog';
+import { createLogger, traceFields, type Logger } from '../../src/log';
+import type { LogLevel } from '../../src/config';
+
+/** A logger whose stdout and stderr lines the test reads back, parsed. */
+function capture(level: LogLevel = 'info'): { log: Logger; out: () => Array<Record<string, unknown>>; err: () => Array<Record<string, unknown>>; flush: () => Promise<void> } {
+  let out = '';
+  let err = '';
+  const stdout = new PassThrough().setEncoding('utf8');
+  const stderr = new PassThrough().setEncoding('utf8');
+  stdout.on('data', (chunk: string) => (out += chunk));
+  stderr.on('data', (chunk: string) => (err += chunk));
+  const log = createLogger({ level, stdout, stderr });
+  const parse = (text: string): Array<Record<string, unknown>> =>
+    text
+      .split('\n')
+      .filter((line) => line !== '')
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+  return { log, out: () => parse(out), err: () => parse(err), flush: () => new Promise((resolve) => log.flush(() => resolve())) };
+}
+
+// What the preload's SDK registers: without a context manager, context.with() keeps no context.
+beforeAll(() => context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable()));
+afterAll(() => context.disable());
+
+const SPAN_CONTEXT = { traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', traceFlags: TraceFlags.SAMPLED };
+
+describe('the logger', () => {
+  it('writes the kit’s line shape: level as a label, ISO time, pid, msg; warn and above on stderr', async () => {
+    const { log, out, err, flush } = capture();
+    log.info({ a: 1 }, 'hello');
+    log.debug('not written at info');
+    log.warn('careful');
+    await flush();
+    expect(out()).toEqual([{ level: 'info', time: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/), pid: process.pid, a: 1, msg: 'hello' }]);
+    expect(err()).toEqual([expect.objectContaining({ level: 'warn', msg: 'careful' })]);
+  });
+
+  it('adds trace_id, span_id and trace_flags inside a span, and nothing outside one', async () => {
+    expect(traceFields()).toEqual({});
+    const inSpan = context.with(trace.setSpanContext(context.active(), SPAN_CONTEXT), () => traceFields());
+    expect(inSpan).toEqual({ trace_id: SPAN_CONTEXT.traceId, span_id: SPAN_CONTEXT.spanId, trace_flags: '01' });
+    const unsampled = context.with(trace.setSpanContext(context.active(), { ...SPAN_CONTEXT, traceFlags: TraceFlags.NONE }), () => traceFields());
+    expect(unsampled.trace_flags).toBe('00');
+
+    const { log, out, flush } = capture();
+    context.with(trace.setSpanContext(context.active(), SPAN_CONTEXT), () => log.info('in a request'));
+    log.info('outside');
+    await flush();
+    expect(out()[0]).toMatchObject({ trace_id: SPAN_CONTEXT.traceId, span_id: SPAN_CONTEXT.spanId, trace_flags: '01', msg: 'in a request' });
+    expect(out()[1]).not.toHaveProperty('trace_id');
+  });
+
+  it('redacts secret headers wherever a line carries headers, at any level', async () => {
+    const { log, out, flush } = capture('trace');
+    const headers = { authorization: 'Bearer s3cret', cookie: 'sid=s3cret', 'set-cookie': ['a=s3cret'], 'proxy-authorization': 'Basic s3cret', 'x-api-key': 's3cret', accept: '*/*' };
+    log.debug({ headers }, 'top level');
+    log.trace({ req: { headers } }, 'nested');
+    await flush();
+    const text = JSON.stringify(out());
+    expect(text).not.toContain('s3cret');
+    expect(out()[0]?.headers).toEqual({ authorization: '[Redacted]', cookie: '[Redacted]', 'set-cookie': '[Redacted]', 'proxy-authorization': '[Redacted]', 'x-api-key': '[Redacted]', accept: '*/*' });
+    // The caller's object is left as it was.
+    expect(headers.authorization).toBe('Bearer s3cret');
+  });
+});
+
+describe('redactQuery', () => {
+  it.each([
+    ['page=2&sort=asc', 'page=2&sort=asc'],
+    ['token=abc&page=2', 'token=[Redacted]&page=2'],
+    ['access_token=a&api_key=b&password=c&client_secret=d&X-Amz-Signature=e&code=f', 'access_token=[Redacted]&api_key=[Redacted]&password=[Redacted]&client_secret=[Redacted]&X-Amz-Signature=[Redacted]&code=[Redacted]'],
+    ['%74oken=abc', '%74oken=[Redacted]'],
+    ['%E0%A4%A=x&key=y', '%E0%A4%A=x&key=[Redacted]'],
+    ['token', 'token'],
+  ])('%s -> %s', (query, expected) => {
+    expect(redactQuery(query)).toBe(expected);
+  });
+});
+
+describe('the access log', () => {
+  it('writes one line per request with method, route, path, query (redacted), status, duration, bytes, remote address and user agent', async () => {
+    const { log, out, flush } = capture();
+    const app = createApp({ log, accessLog: true });
+    await supertest(app.callback()).get('/items/42?password=hunter2&x=1').set('User-Agent', 'test-agent').set('Authorization', 'Bearer hunter2');
+    await supertest(app.callback()).get('/healthz');
+    await supertest(app.callback()).get('/no/such');
+    await flush();
+    const lines = out();
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toEqual({
+      level: 'info',
+      time: expect.any(String),
+      pid: process.pid,
+      method: 'GET',
+      route: '/items/:id',
+      path: '/items/42',
+      query: 'password=[Redacted]&x=1',
+      status: 200,
+      duration_ms: expect.any(Number),
+      bytes: 14,
+      remote_addr: expect.stringMatching(/127\.0\.0\.1|::1/),
+      user_agent: 'test-agent',
+      msg: 'request',
+    });
+    expect(lines[1]).toMatchObject({ path: '/no/such', status: 404 });
+    expect(lines[1]).not.toHaveProperty('route');
+    expect(JSON.stringify(lines)).not.toContain('hunter2');
+  });
+
+  it('adds the request headers, redacted, at debug level only', async () => {
+    const { log, out, flush } = capture('debug');
+    const app = createApp({ log, accessLog: true });
+    await supertest(app.callback()).get('/').set('Authorization', 'Bearer hunter2').set('Cookie', 'sid=hunter2');
+    await flush();
+    expect(out()[0]?.headers).toMatchObject({ authorization: '[Redacted]', cookie: '[Redacted]' });
+    expect(JSON.stringify(out())).not.toContain('hunter2');
+  });
+
+  it('writes nothing with the access log off', async () => {
+    const { log, out, flush } = capture();
+    await supertest(createApp({ log }).callback()).get('/');
+    await flush();
+    expect(out()).toEqual([]);
+  });
+
+  it('cuts a huge user agent and keeps hostile characters inside one JSON line', () => {
+    const agent = `"\\\n\u0000\u00ff${'x'.repeat(10_000)}`;
+    const ctx = {
+      req: { url: '/a%0D%0Ab?q="\\', method: 'GET', headers: { 'user-agent': agent }, socket: { remoteAddress: '10.0.0.1' } },
+      res: { statusCode: 200, getHeader: () => undefined, writableFinished: true },
+    };
+    const fields = accessFields(ctx as never, 0, false);
+    expect(fields.user_agent?.length).toBe(513);
+    expect(fields).toMatchObject({ path: '/a%0D%0Ab', query: 'q="\\', bytes: undefined, remote_addr: '10.0.0.1' });
+  });
+});
