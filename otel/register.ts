@@ -59,9 +59,6 @@ function withTimeout(work: Promise<unknown>, ms: number, giveUp: () => boolean):
   });
 }
 
-/** Most spans the batch processor hands to an OTLP exporter's hold at once (see start()). */
-const HANDOVER_SPANS = 128;
-
 /** The OTLP exporters' outage wrappers, whose counts the hook and the health metrics report. */
 const retryingExporters: RetryingExporter[] = [];
 
@@ -175,24 +172,7 @@ function start(): void {
   const instrumentations = loadInstrumentations(settings);
   const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
   const exporters = settings.exporters.map((name) => createExporter(name, settings, secrets));
-  const spanProcessors: SpanProcessor[] = exporters.map(
-    (exporter) =>
-      new BatchSpanProcessor({
-        exporter,
-        ...settings.batch,
-        // The OTLP exporters' hold answers at once and sends what it holds, up
-        // to OTEL_BSP_MAX_EXPORT_BATCH_SIZE an export: the processor need not
-        // wait for a full batch to hand spans over. Handed over in slices, a
-        // span is released sooner (fewer survive a young-generation GC, so
-        // fewer mark-sweeps), and an export against a near collector
-        // serialises ~128 spans (0.5 ms) rather than 512 (2 ms) on the event
-        // loop; a slow collector still gets full batches, from the hold.
-        // Measured: README, Performance, "Where the tail came from".
-        maxExportBatchSize: retryingExporters.includes(exporter as RetryingExporter)
-          ? Math.min(HANDOVER_SPANS, settings.batch.maxExportBatchSize)
-          : settings.batch.maxExportBatchSize,
-      }),
-  );
+  const spanProcessors: SpanProcessor[] = exporters.map((exporter) => new BatchSpanProcessor({ exporter, ...settings.batch }));
   const metricReaders = createMetricReaders(settings, pm2, secrets);
   const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');

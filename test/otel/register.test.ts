@@ -156,35 +156,6 @@ describe('exporting', () => {
   });
 });
 
-describe('batching', () => {
-  test('hands spans over in slices of 128, and a collector that answers slowly still gets exports of up to OTEL_BSP_MAX_EXPORT_BATCH_SIZE', async () => {
-    // Each export is answered after 3 s: spans ended meanwhile wait in the hold.
-    const slow = await startReceiver({ answerAfterMs: 3000 });
-    try {
-      const child = startServer({
-        OTEL_EXPORTER_OTLP_ENDPOINT: slow.grpcUrl,
-        OTEL_BSP_MAX_EXPORT_BATCH_SIZE: '400',
-        // Longer than the test: only full slices are handed over.
-        OTEL_BSP_SCHEDULE_DELAY: '60000',
-      });
-      const port = await listeningPort(child);
-      const total = 5 * 128;
-      for (let i = 0; i < total; i += 10) await Promise.all(Array.from({ length: 10 }, (_, j) => get(port, `/items/${i + j}`)));
-      await slow.waitFor((spans) => spans.length >= total, 30_000);
-      const sizes = slow.requests.map((r) => r.spanCount);
-      expect(sizes.reduce((a, b) => a + b, 0)).toBe(total);
-      // The first export starts with the first slice, before a full batch of 400 has ended.
-      expect(sizes[0]).toBeLessThanOrEqual(128);
-      // Spans held while it was answered go out together, within the setting.
-      expect(Math.max(...sizes)).toBeGreaterThan(128);
-      expect(Math.max(...sizes)).toBeLessThanOrEqual(400);
-    } finally {
-      await Promise.all(children.splice(0).map((child) => child.stop()));
-      await slow.close();
-    }
-  });
-});
-
 describe('the lean default', () => {
   /** Server spans of a few requests, with what varies between runs left out. */
   async function serverSpansWith(env: Record<string, string>): Promise<{ perRequest: number; spans: unknown[] }> {
