@@ -34,7 +34,7 @@
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { CONFIGS, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT } = require('./lib/runner');
+const { CONFIGS, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT, RETRY_ABOVE_PCT, MAX_LOADS } = require('./lib/runner');
 const { chooseLoadGenerator } = require('./lib/load');
 const { findPython } = require('./lib/python');
 const { startSink } = require('./lib/sinkClient');
@@ -152,7 +152,7 @@ function notesFor(summaries, context) {
   const others = context.runs.filter((r) => r.error === undefined).map((r) => r.otherCpuPct);
   if (others.length > 0) {
     notes.push(
-      `Noise: processes outside the bench used a median ${report.median(others).toFixed(0)}% (max ${Math.max(...others).toFixed(0)}%) of the machine's CPU during the loads ("others' CPU %" per run, * above ${NOISY_PCT}%), although each load waited up to ${context.quietWaitS} s for a second under ${QUIET_BELOW_PCT}% machine CPU; the ratios pair each config with off from the same round to cancel part of it, and CPU per request is the figure it moves least.`,
+      `Noise: processes outside the bench used a median ${report.median(others).toFixed(0)}% (max ${Math.max(...others).toFixed(0)}%) of the machine's CPU during the loads ("others' CPU %" per run, * above ${NOISY_PCT}%), although each load waited up to ${context.quietWaitS} s for a second under ${QUIET_BELOW_PCT}% machine CPU, and a load during which they took more than ${RETRY_ABOVE_PCT}% was run again (at most ${MAX_LOADS} loads, the least disturbed counts: "loads"); the ratios pair each config with off from the same round to cancel part of it, and CPU per request is the figure it moves least.`,
     );
   }
   notes.push(context.pythonNote);

@@ -194,7 +194,7 @@ function ratioTable(summaries) {
 function roundsTable(runs) {
   return {
     title: 'Every run',
-    head: ['round', 'config', ...METRICS.map((m) => m.label), 'requests', 'errors', 'spans', 'spans/req', 'missing', 'kept at stop', 'sink µs/req', 'others\' CPU %'],
+    head: ['round', 'config', ...METRICS.map((m) => m.label), 'requests', 'errors', 'spans', 'spans/req', 'missing', 'kept at stop', 'sink µs/req', 'others\' CPU %', 'loads'],
     rows: runs.map((r) =>
       r.error !== undefined
         ? [String(r.round), r.config, `FAILED: ${r.error.split('\n')[0]}`]
@@ -210,6 +210,7 @@ function roundsTable(runs) {
             r.spans.stopProbe === undefined ? '—' : `${r.spans.stopProbe.received}/${Math.round(r.spans.stopProbe.requests * (r.spans.expected ?? 0))}`,
             num(r.sinkCpuUsPerRequest, 1),
             `${num(r.otherCpuPct, 0)}${r.otherCpuPct > NOISY_PCT ? '*' : ''}`,
+            String(r.loads),
           ],
     ),
   };

@@ -202,6 +202,7 @@ const CONFIGS = [
  * @property {number} loadgenCpuPct  the load generator's CPU time over the load / (wall time × cores), in %
  * @property {number} otherCpuPct    CPU used by processes outside the bench during the load, % of all cores
  * @property {number} quietWaitS     seconds spent waiting for a quiet machine before the load
+ * @property {number} loads          loads run to get one that others disturbed little (the least disturbed counts)
  * @property {number} restarts       worker restarts (CPU figures are void if > 0)
  * @property {number} logRecords     OTLP log records that reached the sink during this run
  * @property {number} metricExports  metrics exports that reached the sink during this run
@@ -264,16 +265,44 @@ async function measure(settings, app) {
   settings.progress(`warm-up ${settings.warmupS} s`);
   requests += (await load.run(app.port, settings.warmupS)).requests;
 
+  // A load during which other tenants took much of the CPU is measured
+  // again (at most MAX_LOADS times in all); the least disturbed one counts.
+  /** @type {Awaited<ReturnType<typeof loadOnce>> | undefined} */
+  let best;
+  let loads = 0;
+  let loadEndedAt = 0;
+  for (;;) {
+    loads += 1;
+    const attempt = await loadOnce(settings, app, loads);
+    requests += attempt.requests;
+    loadEndedAt = Date.now();
+    if (best === undefined || attempt.otherCpuPct < best.otherCpuPct) best = attempt;
+    if (attempt.otherCpuPct <= RETRY_ABOVE_PCT || loads >= MAX_LOADS) break;
+    settings.progress(`others took ${attempt.otherCpuPct.toFixed(0)}% of the CPU during the load: measuring again`);
+  }
+  return { expected, totalRequests: requests, loadEndedAt, figures: { ...best, loads } };
+}
+
+/** Others' CPU (% of the machine) above which a load is measured again, up to MAX_LOADS loads. */
+const RETRY_ABOVE_PCT = 20;
+const MAX_LOADS = 3;
+
+/**
+ * One measured load, after waiting for a quiet machine.
+ * @param {Settings} settings
+ * @param {{ port: number, pids: number[], managerPid: number }} app
+ * @param {number} attempt
+ */
+async function loadOnce(settings, app, attempt) {
+  const { sink, load } = settings;
   const quietWaitS = settings.quietWaitS > 0 ? await waitForQuietMachine(settings.quietWaitS) : 0;
-  settings.progress(`load ${settings.durationS} s${quietWaitS > 1.5 ? ` (after waiting ${quietWaitS.toFixed(0)} s for a quiet machine)` : ''}`);
+  settings.progress(`load ${settings.durationS} s${attempt > 1 ? ` (attempt ${attempt})` : ''}${quietWaitS > 1.5 ? ` (after waiting ${quietWaitS.toFixed(0)} s for a quiet machine)` : ''}`);
   const sinkCpu0 = (await sink.stats()).cpuMicros;
   const [machine0, driver0, cpu0, manager0] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
   const result = await load.run(app.port, settings.durationS);
-  const loadEndedAt = Date.now();
   const [machine1, driver1, cpu1, manager1] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
   const rssMb = meanRssMb(app.pids);
   const sinkCpu1 = (await sink.stats()).cpuMicros;
-  requests += result.requests;
 
   // Where the machine's CPU went during the load, as % of all cores: the
   // load generator (a child that has exited, so in our cutime), and what
@@ -285,24 +314,19 @@ async function measure(settings, app) {
   const otherMicros = machine1 - machine0 - benchMicros;
 
   return {
-    expected,
-    totalRequests: requests,
-    loadEndedAt,
-    figures: {
-      rps: result.rps,
-      p50Ms: result.p50Ms,
-      p99Ms: result.p99Ms,
-      p999Ms: result.p999Ms,
-      cpuUsPerRequest: (cpu1 - cpu0) / result.requests,
-      rssMb,
-      requests: result.requests,
-      errors: result.errors,
-      seconds: result.seconds,
-      sinkCpuUsPerRequest: (sinkCpu1 - sinkCpu0) / result.requests,
-      loadgenCpuPct: (100 * loadgenMicros) / capacity,
-      otherCpuPct: Math.max(0, (100 * otherMicros) / capacity),
-      quietWaitS,
-    },
+    rps: result.rps,
+    p50Ms: result.p50Ms,
+    p99Ms: result.p99Ms,
+    p999Ms: result.p999Ms,
+    cpuUsPerRequest: (cpu1 - cpu0) / result.requests,
+    rssMb,
+    requests: result.requests,
+    errors: result.errors,
+    seconds: result.seconds,
+    sinkCpuUsPerRequest: (sinkCpu1 - sinkCpu0) / result.requests,
+    loadgenCpuPct: (100 * loadgenMicros) / capacity,
+    otherCpuPct: Math.max(0, (100 * otherMicros) / capacity),
+    quietWaitS,
   };
 }
 
@@ -477,7 +501,7 @@ async function runOnce(config, round, settings, expected) {
  */
 function failed(config, round) {
   const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
-  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
+  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
 }
 
-module.exports = { CONFIGS, DD_TRACE, ELASTIC_APM, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT };
+module.exports = { CONFIGS, DD_TRACE, ELASTIC_APM, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT, RETRY_ABOVE_PCT, MAX_LOADS };
