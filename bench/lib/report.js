@@ -250,7 +250,7 @@ const xml = (text) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(
 function svgChart(summaries, subtitle) {
   const shown = summaries.filter((s) => s.config !== 'off');
   const bars = [
-    { key: 'rps', label: 'req/s (higher is better)', color: '#2b7bb9' },
+    { key: 'rps', label: 'req/s (higher: better)', color: '#2b7bb9' },
     { key: 'cpuUsPerRequest', label: 'CPU per request', color: '#e07b39' },
     { key: 'rssMb', label: 'RSS per worker', color: '#7a9a3a' },
     { key: 'p99Ms', label: 'p99 latency', color: '#9b59b6' },
@@ -269,7 +269,7 @@ function svgChart(summaries, subtitle) {
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="12">`,
     `<rect width="100%" height="100%" fill="#fff"/>`,
-    `<text x="12" y="22" font-size="15" font-weight="bold">Cost of telemetry: each config relative to off (= 1.0); req/s higher is better, the rest lower</text>`,
+    `<text x="12" y="22" font-size="15" font-weight="bold">Cost of telemetry: each config relative to off (= 1.0)</text>`,
     `<text x="12" y="40" fill="#555">${xml(subtitle)}</text>`,
   ];
   for (let tick = 0; tick <= max + 1e-9; tick += max > 4 ? 1 : 0.5) {
