@@ -39,7 +39,7 @@ const { chooseLoadGenerator } = require('./lib/load');
 const { findPython } = require('./lib/python');
 const { startSink } = require('./lib/sinkClient');
 const { installPeers } = require('./lib/peers');
-const { onCleanup, cleanupAll, cleanupOnSignals } = require('./lib/cleanup');
+const { onCleanup, cleanupAll, cleanupOnSignals, signalled } = require('./lib/cleanup');
 const { ROOT } = require('./lib/pm2');
 const report = require('./lib/report');
 const { NOISY_PCT } = report;
@@ -233,6 +233,8 @@ async function main() {
   const expected = new Map();
   for (let round = 1; round <= opts.rounds; round++) {
     for (const config of orderFor(configs, round)) {
+      // After Ctrl-C, wait for the signal handler to finish cleaning up and exit.
+      if (signalled()) await new Promise(() => undefined);
       const progress = (/** @type {string} */ step) => console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${step}`);
       const settings = { warmupS: opts.warmupS, durationS: opts.durationS, quietWaitS: opts.quietWaitS, sink, load, python, progress };
       const result = await runOnce(config, round, settings, expected.get(config.id));
