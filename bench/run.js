@@ -178,11 +178,11 @@ function notesFor(summaries, context) {
  */
 function markdown(opts, host, load, notes, tables) {
   return [
-    `# Benchmark: telemetry cost of the Koa + PM2 kit${opts.quick ? ' (quick smoke run, not for comparison)' : ''}`,
+    `# Benchmark: telemetry cost of the Koa + PM2 kit${opts.scenario === undefined ? '' : `, ${opts.scenario} scenario`}${opts.quick ? ' (quick smoke run, not for comparison)' : ''}`,
     '',
     `${host.date} · ${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB RAM · ${host.os} · Node ${host.node} · PM2 ${host.pm2} · load average at start ${host.loadAverageAtStart.join(' / ')}`,
     '',
-    `${opts.rounds} round(s), configs interleaved in rotating order; per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/123; ${WORKERS} workers each. Run with \`npm run bench\`.`,
+    `${opts.rounds} round(s), configs interleaved in rotating order; per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/123; ${WORKERS} workers each. Run with \`${opts.scenario === undefined ? '' : `BENCH_SCENARIO=${opts.scenario} `}npm run bench\`.`,
     '',
     '![req/s, CPU per request, RSS and p99 relative to off](latest.svg)',
     '',
