@@ -5,7 +5,7 @@ const tseslint = require('typescript-eslint');
 const globals = require('globals');
 
 module.exports = tseslint.config(
-  { ignores: ['dist/', 'coverage/', 'node_modules/', 'bench/results/', '.scratch/'] },
+  { ignores: ['dist/', 'coverage/', 'node_modules/', 'bench/results/', 'bench/.peers/', '.scratch/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -69,7 +69,7 @@ function rssMb(name) {
 /** @param {number} port @param {number} connections @returns {Promise<{ requests: number, duration_us: number, p99_us: number, errors: number }>} */
 function wrk(port, connections) {
   return new Promise((resolve, reject) => {
-    execFile('wrk', ['-t1', `-c${connections}`, `-d${DURATION}s`, '-s', LUA, `http://127.0.0.1:${port}`], { encoding: 'utf8' }, (error, stdout) => {
+    execFile('wrk', ['-t1', `-c${connections}`, `-d${DURATION}s`, '-s', LUA, `http://127.0.0.1:${port}/items/123`], { encoding: 'utf8' }, (error, stdout) => {
       if (error) return reject(error);
       const line = stdout.split('\n').find((l) => l.startsWith('BENCH_JSON '));
       if (!line) return reject(new Error(stdout));

@@ -9,31 +9,37 @@
  *   npm run bench -- --quick      1 round of 3 s: a smoke test
  *   BENCH_ROUNDS=5 BENCH_DURATION=20 npm run bench
  *   BENCH_CONFIGS=off,kit npm run bench          a subset (off is always needed)
+ *   BENCH_SCENARIO=outage npm run bench          the kit with its collector up, unreachable, flapping
  *   BENCH_LOADGEN=autocannon npm run bench       force the fallback load generator
  *   BENCH_QUIET_WAIT=0 npm run bench             do not wait for a quiet machine before each load
  *
  * Configs, each as 2 workers (PM2 cluster mode from the kit's own
  * ecosystem.config.js, or gunicorn): `off` (OTEL_SDK_DISABLED=true), `kit`
- * (traces only, exporting to a local OTLP/gRPC sink), `metrics` (the kit's
- * defaults with an endpoint: traces and metrics to the same sink), `textbook`
- * (the NodeSDK preload the guides show, same sink) and `python` (the seed's
- * FastAPI app, uninstrumented; skipped if not installed).
+ * (traces only, exporting to a local OTLP/gRPC sink), `metrics` (traces and
+ * metrics to the same sink), `all` (traces, metrics and logs), `textbook`
+ * (the NodeSDK preload the guides show, same sink), the peers `dd-trace` and
+ * `elastic` (another vendor's agent preloaded instead, installed into
+ * bench/.peers/ on first use, sending to the sink's stand-in for its agent)
+ * and `python` (the seed's FastAPI app, uninstrumented; skipped if not
+ * installed). The outage scenario adds `unreachable` and `flapping`.
  *
  * Rounds interleave the configs (in a rotating order) and never run two at
  * once; ratios to `off` are taken within each round, then the median over
  * rounds is reported, so that a noisy neighbour on the shared 2-core machine
  * slows both sides of a ratio. Figures go to stdout; progress to stderr; files
  * to bench/results/ (latest.json, latest.md, latest.svg; --quick writes
- * bench/results/tmp/quick.* instead, leaving the last full run alone).
+ * bench/results/tmp/quick.* instead, leaving the last full run alone;
+ * BENCH_SCENARIO=outage writes bench/results/outage.*).
  */
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { CONFIGS, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT } = require('./lib/runner');
+const { CONFIGS, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT, RETRY_ABOVE_PCT, MAX_LOADS } = require('./lib/runner');
 const { chooseLoadGenerator } = require('./lib/load');
 const { findPython } = require('./lib/python');
 const { startSink } = require('./lib/sinkClient');
-const { onCleanup, cleanupAll, cleanupOnSignals } = require('./lib/cleanup');
+const { installPeers } = require('./lib/peers');
+const { onCleanup, cleanupAll, cleanupOnSignals, signalled } = require('./lib/cleanup');
 const { ROOT } = require('./lib/pm2');
 const report = require('./lib/report');
 const { NOISY_PCT } = report;
@@ -60,10 +66,15 @@ function options() {
   if (unknown.length > 0) throw new Error(`unknown argument ${unknown.join(' ')} (usage: npm run bench [-- --quick])`);
   const quick = args.includes('--quick');
   const wanted = (process.env.BENCH_CONFIGS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-  const configs = wanted.length === 0 ? CONFIGS : CONFIGS.filter((c) => c.id === 'off' || wanted.includes(c.id));
+  const scenario = process.env.BENCH_SCENARIO?.trim() || undefined;
+  if (scenario !== undefined && scenario !== 'outage') throw new Error(`BENCH_SCENARIO: expected "outage", got ${JSON.stringify(scenario)}`);
+  // The outage scenario: off and kit as the collector-up references, then the outages.
+  const inScenario = (/** @type {Config} */ c) => (scenario === undefined ? c.scenario === undefined : c.scenario === scenario || c.id === 'off' || c.id === 'kit');
+  const configs = CONFIGS.filter((c) => c.id === 'off' || (wanted.length === 0 ? inScenario(c) : wanted.includes(c.id)));
   for (const id of wanted) if (!CONFIGS.some((c) => c.id === id)) throw new Error(`BENCH_CONFIGS: unknown config "${id}" (known: ${CONFIGS.map((c) => c.id).join(', ')})`);
   return {
     quick,
+    scenario,
     configs,
     rounds: quick ? 1 : positive('BENCH_ROUNDS', 3),
     durationS: quick ? 3 : positive('BENCH_DURATION', 10),
@@ -115,7 +126,7 @@ function orderFor(configs, round) {
 function oneLine(r) {
   if (r.error !== undefined) return `FAILED: ${r.error.split('\n')[0]}`;
   const spans = r.spans.received > 0 || r.spans.expected !== undefined ? `, ${r.spans.perRequest.toFixed(2)} spans/req` : '';
-  return `${Math.round(r.rps)} req/s, p99 ${r.p99Ms.toFixed(1)} ms, ${Math.round(r.cpuUsPerRequest)} µs CPU/req, ${r.rssMb.toFixed(0)} MB, first 200 in ${Math.round(r.startupMs)} ms${spans}`;
+  return `${Math.round(r.rps)} req/s, p99 ${r.p99Ms.toFixed(1)} ms, p99.9 ${r.p999Ms.toFixed(1)} ms, ${Math.round(r.cpuUsPerRequest)} µs CPU/req, ${r.rssMb.toFixed(0)} MB, first 200 in ${Math.round(r.startupMs)} ms${spans}, loadgen ${r.loadgenCpuPct.toFixed(1)}% / others ${r.otherCpuPct.toFixed(0)}% CPU`;
 }
 
 /**
@@ -141,7 +152,7 @@ function notesFor(summaries, context) {
   const others = context.runs.filter((r) => r.error === undefined).map((r) => r.otherCpuPct);
   if (others.length > 0) {
     notes.push(
-      `Noise: processes outside the bench used a median ${report.median(others).toFixed(0)}% (max ${Math.max(...others).toFixed(0)}%) of the machine's CPU during the loads ("others' CPU %" per run, * above ${NOISY_PCT}%), although each load waited up to ${context.quietWaitS} s for a second under ${QUIET_BELOW_PCT}% machine CPU; the ratios pair each config with off from the same round to cancel part of it, and CPU per request is the figure it moves least.`,
+      `Noise: processes outside the bench used a median ${report.median(others).toFixed(0)}% (max ${Math.max(...others).toFixed(0)}%) of the machine's CPU during the loads ("others' CPU %" per run, * above ${NOISY_PCT}%), although each load waited up to ${context.quietWaitS} s for a second under ${QUIET_BELOW_PCT}% machine CPU, and a load during which they took more than ${RETRY_ABOVE_PCT}% was run again (at most ${MAX_LOADS} loads, the least disturbed counts: "loads"); the ratios pair each config with off from the same round to cancel part of it, and CPU per request is the figure it moves least.`,
     );
   }
   notes.push(context.pythonNote);
@@ -149,7 +160,9 @@ function notesFor(summaries, context) {
     'first 200 ms: from spawning `pm2 start` (whose CLI alone takes a few hundred ms to load) or gunicorn, to the first 200 on GET /items/1, polled every 10 ms; RSS: mean VmRSS of the 2 workers at the end of the load.',
   );
   if (context.envFile !== undefined) notes.push(`${context.envFile} exists and every PM2 worker loads it (the kit's --env-file-if-exists): its settings apply to these figures.`);
-  notes.push(`Load: ${context.loadName}, on the same 2 cores as the servers, so req/s is what is left to the servers; CPU per request is the workers' own (user + system time from /proc over the load, divided by the requests answered), much less sensitive to the load generator than req/s, though not immune: a server starved of CPU batches fewer requests per event-loop turn.`);
+  const loadgen = context.runs.filter((r) => r.error === undefined).map((r) => r.loadgenCpuPct);
+  const share = loadgen.length > 0 ? ` The load generator itself used a median ${report.median(loadgen).toFixed(1)}% (${Math.min(...loadgen).toFixed(1)}–${Math.max(...loadgen).toFixed(1)}%) of the machine's CPU ("loadgen CPU %": its CPU time from /proc, as the driver's reaped child, / (wall time × cores)).` : '';
+  notes.push(`Load: ${context.loadName}, on the same cores as the servers, so req/s is what is left to the servers; CPU per request is the workers' own (user + system time from /proc over the load, divided by the requests answered), much less sensitive to the load generator than req/s, though not immune: a server starved of CPU batches fewer requests per event-loop turn.${share}`);
   notes.push(
     `"spans missing" = requests × spans per request − spans received, counted ${BSP_SCHEDULE_DELAY_MS / 1000 + 1} s after the load (OTEL_BSP_SCHEDULE_DELAY + 1 s, so every batch has left) and before stopping; up to 50 requests per load-generator run are still in flight when it stops counting, so small negatives are shown as 0. "spans kept at stop": ${STOP_PROBE_REQUESTS} requests one by one, then \`pm2 stop\` at once, before any batch timer fires. The textbook preload sets no diag logger, so its drops are never logged.`,
   );
@@ -165,13 +178,13 @@ function notesFor(summaries, context) {
  */
 function markdown(opts, host, load, notes, tables) {
   return [
-    `# Benchmark: tracing cost of the Koa + PM2 kit${opts.quick ? ' (quick smoke run, not for comparison)' : ''}`,
+    `# Benchmark: telemetry cost of the Koa + PM2 kit${opts.scenario === undefined ? '' : `, ${opts.scenario} scenario`}${opts.quick ? ' (quick smoke run, not for comparison)' : ''}`,
     '',
     `${host.date} · ${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB RAM · ${host.os} · Node ${host.node} · PM2 ${host.pm2} · load average at start ${host.loadAverageAtStart.join(' / ')}`,
     '',
-    `${opts.rounds} round(s), configs interleaved in rotating order; per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/<n>; ${WORKERS} workers each. Run with \`npm run bench\`.`,
+    `${opts.rounds} round(s), configs interleaved in rotating order; per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/123; ${WORKERS} workers each. Run with \`${opts.scenario === undefined ? '' : `BENCH_SCENARIO=${opts.scenario} `}npm run bench\`.`,
     '',
-    '![req/s and CPU per request relative to off](latest.svg)',
+    '![req/s, CPU per request, RSS and p99 relative to off](latest.svg)',
     '',
     ...tables.flatMap((t) => [report.markdownTable(t), '']),
     '### Notes',
@@ -207,6 +220,9 @@ async function main() {
     }
   }
 
+  const peers = configs.flatMap((c) => (c.peer === undefined ? [] : [c.peer]));
+  installPeers(peers, (message) => console.error(`bench: ${message}`));
+
   const sink = await startSink();
   onCleanup('sink', () => sink.stop());
   console.error(`bench: ${opts.rounds} round(s) × ${configs.map((c) => c.id).join(', ')}; ${opts.warmupS} s warm-up + ${opts.durationS} s load each; ${load.name}; sink on ${sink.url}`);
@@ -217,6 +233,8 @@ async function main() {
   const expected = new Map();
   for (let round = 1; round <= opts.rounds; round++) {
     for (const config of orderFor(configs, round)) {
+      // After Ctrl-C, wait for the signal handler to finish cleaning up and exit.
+      if (signalled()) await new Promise(() => undefined);
       const progress = (/** @type {string} */ step) => console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${step}`);
       const settings = { warmupS: opts.warmupS, durationS: opts.durationS, quietWaitS: opts.quietWaitS, sink, load, python, progress };
       const result = await runOnce(config, round, settings, expected.get(config.id));
@@ -225,13 +243,16 @@ async function main() {
       console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${oneLine(result)}`);
     }
   }
-  const metricExports = (await sink.stats()).metricExports;
+  const totals = await sink.stats();
   await cleanupAll();
 
   const summaries = report.summarize(configs, runs);
   const tables = [report.summaryTable(summaries, opts.rounds), report.ratioTable(summaries), report.roundsTable(runs)];
   const notes = notesFor(summaries, { pythonNote, loadName: load.name, runs, envFile: kitEnvFile(), quietWaitS: opts.quietWaitS });
-  if (configs.some((c) => c.id === 'metrics')) notes.push(`metrics: the sink answered ${metricExports} metrics exports over the whole run (only the metrics config sends them).`);
+  notes.push(
+    `The sink answered ${totals.metricExports} metrics exports and ${totals.logExports} logs exports (${totals.logRecords} log records) over the whole run, and counted ${totals.ddTraces} Datadog traces and ${totals.apmTransactions} Elastic transactions; ${totals.malformed} payloads it could not parse; the flapping collector refused ${totals.refused} exports.`,
+  );
+  if (peers.length > 0) notes.push(`Peers, installed into bench/.peers/ (not dependencies of the kit): ${peers.map((p) => `${p.name} ${p.version}`).join(', ')}; preloaded with node -r in place of the kit's preload, every extra that needs the network off (see Configs).`);
   const header = `${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB · Node ${host.node} · ${host.date.slice(0, 16).replace('T', ' ')} UTC · ${opts.rounds} round(s) × ${opts.durationS} s`;
 
   console.log(`\n${header}\n`);
@@ -239,9 +260,9 @@ async function main() {
   console.log(`\nNotes:\n${notes.map((n) => `- ${n}`).join('\n')}`);
 
   const dir = opts.quick ? path.join(__dirname, 'results', 'tmp') : path.join(__dirname, 'results');
-  const base = opts.quick ? 'quick' : 'latest';
+  const base = opts.quick ? 'quick' : (opts.scenario ?? 'latest');
   fs.mkdirSync(dir, { recursive: true });
-  const settings = { rounds: opts.rounds, durationS: opts.durationS, warmupS: opts.warmupS, quietWaitS: opts.quietWaitS, workers: WORKERS, loadGenerator: load.name, python: pythonNote };
+  const settings = { rounds: opts.rounds, durationS: opts.durationS, warmupS: opts.warmupS, quietWaitS: opts.quietWaitS, workers: WORKERS, loadGenerator: load.name, python: pythonNote, peers };
   const json = { machine: host, settings, configs: configs.map(({ id, title }) => ({ id, title })), summaries, runs, notes };
   fs.writeFileSync(path.join(dir, `${base}.json`), `${JSON.stringify(json, null, 2)}\n`);
   fs.writeFileSync(path.join(dir, `${base}.md`), markdown({ ...opts, configs }, host, load, notes, tables).replace('(latest.svg)', `(${base}.svg)`));

@@ -2,8 +2,13 @@
 'use strict';
 
 /**
- * The benchmark's collector: an OTLP/gRPC trace receiver that only counts
- * (and takes metrics exports, counting only the calls).
+ * The benchmark's collector: an OTLP/gRPC receiver that only counts spans,
+ * log records and metrics exports; beside it, on a second port, an HTTP/1.1
+ * server that counts the same OTLP payloads over http/protobuf (`/v1/…`),
+ * and stands in for the peers' agents: Datadog's (`/v0.4/traces`, msgpack:
+ * counts traces) and Elastic's APM server (`/intake/v2/events`, ndjson:
+ * counts transactions). A third port, gRPC again, refuses every other second
+ * (UNAVAILABLE): the flapping collector of the outage scenario.
  *
  * It runs in a child process of the bench driver (`fork`), so the work of
  * receiving spans is not done on the driver's event loop. It decodes nothing
@@ -12,34 +17,43 @@
  * zero-length buffer is a valid, empty ExportTraceServiceResponse).
  *
  * IPC protocol (with the parent):
- *   child -> parent  { type: 'ready', port }
+ *   child -> parent  { type: 'ready', port, httpPort, flappingPort }
  *   parent -> child  { type: 'stats', id }  ->  { type: 'stats', id, stats }
  *
  * Run alone (`node bench/sink.js [port]`) it prints its counts every second.
  */
+const http = require('node:http');
+const zlib = require('node:zlib');
 const grpc = require('@grpc/grpc-js');
 
 const EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
 const METRICS_EXPORT_PATH = '/opentelemetry.proto.collector.metrics.v1.MetricsService/Export';
 const LOGS_EXPORT_PATH = '/opentelemetry.proto.collector.logs.v1.LogsService/Export';
+/** The flapping collector refuses for this long, then accepts for as long. */
+const FLAP_MS = 1000;
 const EMPTY = Buffer.alloc(0);
 
 /**
  * @typedef {object} SinkStats
- * @property {number} spans        spans received since the sink started
+ * @property {number} spans        spans received since the sink started; with the peers' units
+ *                                 added in (each config runs alone): Datadog traces, Elastic transactions
  * @property {number} exports      Export calls answered
  * @property {number} bytes        request payload bytes (after gRPC decompression)
  * @property {number} malformed    payloads the walker could not parse
  * @property {number} lastExportAt Date.now() of the last Export, 0 if none
  * @property {number} cpuMicros    the sink's own CPU time (user + system)
  * @property {number} metricExports  metrics Export calls answered
- * @property {number} logExports   logs Export calls answered
- * @property {number} logBytes     their payload bytes
  * @property {number} metricBytes    their payload bytes
+ * @property {number} logRecords     OTLP log records received
+ * @property {number} logExports     logs Export calls answered
+ * @property {number} logBytes       their payload bytes
+ * @property {number} ddTraces       Datadog traces received (also in spans)
+ * @property {number} apmTransactions  Elastic transactions received (also in spans)
+ * @property {number} refused        exports the flapping collector refused
  */
 
 /** @type {SinkStats} */
-const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0, metricExports: 0, metricBytes: 0, logExports: 0, logBytes: 0 };
+const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0, metricExports: 0, metricBytes: 0, logRecords: 0, logExports: 0, logBytes: 0, ddTraces: 0, apmTransactions: 0, refused: 0 };
 
 /**
  * Reads a base-128 varint at `offset`.
@@ -106,7 +120,9 @@ function eachField(buf, start, end, wanted, onField) {
 
 /**
  * Counts the spans of an ExportTraceServiceRequest:
- * field 1 resource_spans -> ResourceSpans field 2 scope_spans -> ScopeSpans field 2 spans.
+ * field 1 resource_spans -> ResourceSpans field 2 scope_spans -> ScopeSpans field 2 spans;
+ * or the log records of an ExportLogsServiceRequest, which has the same shape
+ * (resource_logs -> scope_logs -> log_records).
  * @param {Buffer} buf
  * @returns {number}
  */
@@ -120,6 +136,36 @@ function countSpans(buf) {
     });
   });
   return spans;
+}
+
+/** @param {Buffer} payload */
+function recordLogs(payload) {
+  stats.logExports += 1;
+  stats.logBytes += payload.length;
+  try {
+    stats.logRecords += countSpans(payload);
+  } catch {
+    stats.malformed += 1;
+  }
+}
+
+/** @param {Buffer} payload */
+function recordMetrics(payload) {
+  stats.metricExports += 1;
+  stats.metricBytes += payload.length;
+}
+
+/**
+ * Datadog traces in a v0.4 payload: a msgpack array of traces (fixarray,
+ * array16 or array32 header), each an array of spans.
+ * @param {Buffer} buf
+ */
+function countDdTraces(buf) {
+  const first = buf[0] ?? 0;
+  if (first >= 0x90 && first <= 0x9f) return first - 0x90;
+  if (first === 0xdc) return buf.readUInt16BE(1);
+  if (first === 0xdd) return buf.readUInt32BE(1);
+  throw new Error('not a msgpack array');
 }
 
 /** @param {Buffer} payload */
@@ -144,55 +190,47 @@ function snapshot() {
 const raw = (value) => value;
 
 /**
- * The OTLP trace service with its one method, payloads left as raw bytes.
- * @type {grpc.ServiceDefinition}
+ * An OTLP service with its one method, payloads left as raw bytes.
+ * @param {string} path
+ * @returns {grpc.ServiceDefinition}
  */
-const RAW_TRACE_SERVICE = {
-  Export: {
-    path: EXPORT_PATH,
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: raw,
-    requestDeserialize: raw,
-    responseSerialize: raw,
-    responseDeserialize: raw,
-  },
-};
-
-/** The OTLP metrics service, same raw shape. @type {grpc.ServiceDefinition} */
-const RAW_METRICS_SERVICE = { Export: { ...RAW_TRACE_SERVICE.Export, path: METRICS_EXPORT_PATH } };
-const RAW_LOGS_SERVICE = { Export: { ...RAW_TRACE_SERVICE.Export, path: LOGS_EXPORT_PATH } };
+function rawService(path) {
+  return { Export: { path, requestStream: false, responseStream: false, requestSerialize: raw, requestDeserialize: raw, responseSerialize: raw, responseDeserialize: raw } };
+}
+const RAW_TRACE_SERVICE = rawService(EXPORT_PATH);
+const RAW_METRICS_SERVICE = rawService(METRICS_EXPORT_PATH);
+const RAW_LOGS_SERVICE = rawService(LOGS_EXPORT_PATH);
 
 /**
- * Starts the gRPC server on 127.0.0.1.
+ * @param {(payload: Buffer) => void} onPayload
+ * @param {() => boolean} [refusing]
+ * @returns {{ Export: grpc.handleUnaryCall<Buffer, Buffer> }}
+ */
+function handler(onPayload, refusing = () => false) {
+  return {
+    Export(call, callback) {
+      if (refusing()) {
+        stats.refused += 1;
+        callback({ code: grpc.status.UNAVAILABLE, details: 'bench collector is flapping' });
+        return;
+      }
+      onPayload(call.request);
+      callback(null, EMPTY);
+    },
+  };
+}
+
+/**
+ * Starts a gRPC server on 127.0.0.1 with the three OTLP services.
  * @param {number} port 0 for any free port
+ * @param {() => boolean} [refusing] answer UNAVAILABLE while this says so
  * @returns {Promise<{ server: grpc.Server, port: number }>}
  */
-function listen(port) {
+function listen(port, refusing) {
   const server = new grpc.Server();
-  server.addService(RAW_TRACE_SERVICE, {
-    /** @type {grpc.handleUnaryCall<Buffer, Buffer>} */
-    Export(call, callback) {
-      record(call.request);
-      callback(null, EMPTY);
-    },
-  });
-  server.addService(RAW_METRICS_SERVICE, {
-    /** @type {grpc.handleUnaryCall<Buffer, Buffer>} */
-    Export(call, callback) {
-      stats.metricExports += 1;
-      stats.metricBytes += call.request.length;
-      callback(null, EMPTY);
-    },
-  });
-  server.addService(RAW_LOGS_SERVICE, {
-    /** @type {grpc.handleUnaryCall<Buffer, Buffer>} */
-    Export(call, callback) {
-      stats.logExports += 1;
-      stats.logBytes += call.request.length;
-      callback(null, EMPTY);
-    },
-  });
+  server.addService(RAW_TRACE_SERVICE, handler(record, refusing));
+  server.addService(RAW_METRICS_SERVICE, handler(recordMetrics, refusing));
+  server.addService(RAW_LOGS_SERVICE, handler(recordLogs, refusing));
   return new Promise((resolve, reject) => {
     server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (error, bound) => {
       if (error) reject(error);
@@ -201,19 +239,75 @@ function listen(port) {
   });
 }
 
+/**
+ * The HTTP/1.1 side: OTLP http/protobuf, Datadog's agent, Elastic's APM server.
+ * @param {import('node:http').IncomingMessage} req
+ * @param {import('node:http').ServerResponse} res
+ */
+function onHttp(req, res) {
+  const url = (req.url ?? '/').split('?')[0];
+  const encoding = req.headers['content-encoding'];
+  const body = encoding === 'gzip' ? req.pipe(zlib.createGunzip()) : encoding === 'deflate' ? req.pipe(zlib.createInflate()) : req;
+  /** @type {Buffer[]} */
+  const chunks = [];
+  body.on('data', (chunk) => chunks.push(chunk));
+  body.on('error', () => {
+    stats.malformed += 1;
+    res.writeHead(400).end();
+  });
+  body.on('end', () => {
+    const payload = Buffer.concat(chunks);
+    const reply = (/** @type {number} */ status, /** @type {string} */ type = 'application/json', /** @type {string | Buffer} */ text = '') => res.writeHead(status, { 'content-type': type }).end(text);
+    try {
+      if (url === '/v1/traces') record(payload);
+      else if (url === '/v1/metrics') recordMetrics(payload);
+      else if (url === '/v1/logs') recordLogs(payload);
+      else if (url === '/v0.4/traces') {
+        const traces = countDdTraces(payload);
+        stats.ddTraces += traces;
+        stats.spans += traces;
+        stats.lastExportAt = Date.now();
+        return reply(200, 'application/json', '{"rate_by_service":{}}');
+      } else if (url === '/intake/v2/events') {
+        const transactions = payload.toString('utf8').split('\n').filter((line) => line.startsWith('{"transaction"')).length;
+        stats.apmTransactions += transactions;
+        stats.spans += transactions;
+        stats.lastExportAt = Date.now();
+        return reply(202);
+      } else if (url === '/' && req.method === 'GET') return reply(200, 'application/json', '{"version":"8.15.0","build_date":"2024-08-01T00:00:00Z","build_sha":"bench"}');
+      else return reply(404);
+      // An empty protobuf body is a valid, empty Export*ServiceResponse.
+      reply(200, 'application/x-protobuf', EMPTY);
+    } catch {
+      stats.malformed += 1;
+      reply(400);
+    }
+  });
+}
+
 async function main() {
   const { server, port } = await listen(Number(process.argv[2] ?? 0));
+  const flapStarted = Date.now();
+  const flapping = await listen(0, () => Math.floor((Date.now() - flapStarted) / FLAP_MS) % 2 === 0);
+  const web = http.createServer(onHttp);
+  await new Promise((resolve) => web.listen(0, '127.0.0.1', () => resolve(undefined)));
+  const httpPort = /** @type {import('node:net').AddressInfo} */ (web.address()).port;
   const send = process.send?.bind(process);
   if (send === undefined) {
-    console.log(`OTLP/gRPC sink on 127.0.0.1:${port}`);
+    console.log(`OTLP/gRPC sink on 127.0.0.1:${port}, HTTP on ${httpPort}, flapping gRPC on ${flapping.port}`);
     setInterval(() => console.log(JSON.stringify(snapshot())), 1000);
   } else {
     process.on('message', (/** @type {{ type?: string, id?: number }} */ message) => {
       if (message.type === 'stats') send({ type: 'stats', id: message.id, stats: snapshot() });
     });
     // The driver going away (even by SIGKILL) closes the IPC channel: go with it.
-    process.on('disconnect', () => server.forceShutdown());
-    send({ type: 'ready', port });
+    process.on('disconnect', () => {
+      server.forceShutdown();
+      flapping.server.forceShutdown();
+      web.closeAllConnections();
+      web.close();
+    });
+    send({ type: 'ready', port, httpPort, flappingPort: flapping.port });
   }
 }
 

@@ -3,8 +3,7 @@
 
 /**
  * The fallback load generator when wrk is not installed: autocannon, run in
- * a process of its own (never in the driver) with the same request mix as
- * bench/wrk/items.lua. Prints one BENCH_JSON line in wrk's units (µs).
+ * a process of its own (never in the driver) on the same fixed URL as wrk. Prints one BENCH_JSON line in wrk's units (µs).
  *
  * Usage: node autocannon-child.js <url> <connections> <seconds>
  */
@@ -13,8 +12,7 @@ const { createRequire } = require('node:module');
 /**
  * The little of autocannon's result used here (latencies in ms).
  * @typedef {{ requests: { total: number }, duration: number, errors: number, timeouts: number, non2xx: number,
- *   latency: { p50: number, p99: number, mean: number } }} AutocannonResult
- * @typedef {{ method: string, path?: string }} AutocannonRequest
+ *   latency: { p50: number, p99: number, p99_9: number, mean: number } }} AutocannonResult
  * @typedef {(options: object, done: (error: Error | null, result: AutocannonResult) => void) => unknown} Autocannon
  */
 
@@ -22,23 +20,11 @@ const { createRequire } = require('node:module');
 const autocannon = /** @type {Autocannon} */ (createRequire(__filename)('autocannon'));
 
 const [url = '', connections = '50', seconds = '10'] = process.argv.slice(2);
-let counter = 0;
-
 autocannon(
   {
     url,
     connections: Number(connections),
     duration: Number(seconds),
-    requests: [
-      {
-        method: 'GET',
-        /** @param {AutocannonRequest} request */
-        setupRequest(request) {
-          counter += 1;
-          return { ...request, path: `/items/${(counter % 1000) + 1}` };
-        },
-      },
-    ],
   },
   (error, result) => {
     if (error) {
@@ -55,6 +41,7 @@ autocannon(
       non2xx: result.non2xx,
       p50_us: result.latency.p50 * 1000,
       p99_us: result.latency.p99 * 1000,
+      p999_us: result.latency.p99_9 * 1000,
       mean_us: result.latency.mean * 1000,
     };
     process.stdout.write(`BENCH_JSON ${JSON.stringify(summary)}\n`);

@@ -38,9 +38,13 @@ async function cleanupAll() {
   }
 }
 
+let stopping = false;
+
+/** Whether a signal is being handled: start nothing new (cleanup would miss it). */
+const signalled = () => stopping;
+
 /** Ctrl-C or SIGTERM: clean up, then exit as a signal would (a second Ctrl-C is ignored meanwhile). */
 function cleanupOnSignals() {
-  let stopping = false;
   for (const signal of /** @type {const} */ (['SIGINT', 'SIGTERM', 'SIGHUP'])) {
     process.on(signal, () => {
       if (stopping) return;
@@ -51,4 +55,4 @@ function cleanupOnSignals() {
   }
 }
 
-module.exports = { onCleanup, cleanupAll, cleanupOnSignals };
+module.exports = { onCleanup, cleanupAll, cleanupOnSignals, signalled };

@@ -4,8 +4,10 @@
 /**
  * The load generator: wrk when installed (C, little CPU per request, which
  * matters on a 2-core machine where it shares the cores with the server),
- * else autocannon in a child process. Both run the same request mix and
- * report through one JSON line.
+ * else autocannon in a child process. Both load one fixed URL with no
+ * per-request scripting, one thread: a load generator that itself takes much
+ * CPU leaves the servers less of it, and compresses every ratio toward 1.
+ * Both report through one JSON line.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -13,7 +15,9 @@ const { execFileSync, spawn } = require('node:child_process');
 const { onCleanup } = require('./cleanup');
 
 const CONNECTIONS = 50;
-const THREADS = 2;
+const THREADS = 1;
+/** One fixed URL: wrk sends a static request, the cheapest it can. */
+const ITEM_PATH = '/items/123';
 
 /**
  * @typedef {object} LoadResult
@@ -23,6 +27,7 @@ const THREADS = 2;
  * @property {number} rps
  * @property {number} p50Ms
  * @property {number} p99Ms
+ * @property {number} p999Ms
  */
 
 /**
@@ -72,6 +77,7 @@ function runJson(command, args) {
         rps: raw.requests / seconds,
         p50Ms: raw.p50_us / 1000,
         p99Ms: raw.p99_us / 1000,
+        p999Ms: raw.p999_us / 1000,
       });
     });
   });
@@ -87,17 +93,17 @@ function chooseLoadGenerator(forced) {
   if (version !== undefined) {
     const script = path.join(__dirname, '..', 'wrk', 'items.lua');
     return {
-      name: `wrk ${version}, ${THREADS} threads, ${CONNECTIONS} connections`,
+      name: `wrk ${version}, ${THREADS} thread, ${CONNECTIONS} connections, GET ${ITEM_PATH} (no per-request Lua)`,
       run: (port, seconds) =>
-        runJson('wrk', ['-t', String(THREADS), '-c', String(CONNECTIONS), '-d', `${seconds}s`, '--timeout', '5s', '-s', script, `http://127.0.0.1:${port}`]),
+        runJson('wrk', ['-t', String(THREADS), '-c', String(CONNECTIONS), '-d', `${seconds}s`, '--timeout', '5s', '-s', script, `http://127.0.0.1:${port}${ITEM_PATH}`]),
     };
   }
   if (forced === 'wrk') throw new Error('BENCH_LOADGEN=wrk but wrk is not installed (apt-get install -y wrk)');
   const acVersion = JSON.parse(fs.readFileSync(require.resolve('autocannon/package.json'), 'utf8')).version;
   const child = path.join(__dirname, 'autocannon-child.js');
   return {
-    name: `autocannon ${acVersion} (${forced === 'autocannon' ? 'BENCH_LOADGEN=autocannon' : 'wrk not installed'}), ${CONNECTIONS} connections`,
-    run: (port, seconds) => runJson(process.execPath, [child, `http://127.0.0.1:${port}`, String(CONNECTIONS), String(seconds)]),
+    name: `autocannon ${acVersion} (${forced === 'autocannon' ? 'BENCH_LOADGEN=autocannon' : 'wrk not installed'}), ${CONNECTIONS} connections, GET ${ITEM_PATH}`,
+    run: (port, seconds) => runJson(process.execPath, [child, `http://127.0.0.1:${port}${ITEM_PATH}`, String(CONNECTIONS), String(seconds)]),
   };
 }
 

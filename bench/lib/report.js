@@ -13,9 +13,10 @@
 
 /**
  * @typedef {object} Metric
- * @property {'rps' | 'p50Ms' | 'p99Ms' | 'cpuUsPerRequest' | 'rssMb' | 'startupMs'} key
+ * @property {'rps' | 'p50Ms' | 'p99Ms' | 'p999Ms' | 'cpuUsPerRequest' | 'rssMb' | 'startupMs' | 'loadgenCpuPct'} key
  * @property {string} label
  * @property {number} digits
+ * @property {boolean} [noRatio]   a condition of the measurement, not a cost: no ratio to off
  */
 
 /** @type {Metric[]} */
@@ -23,10 +24,13 @@ const METRICS = [
   { key: 'rps', label: 'req/s', digits: 0 },
   { key: 'p50Ms', label: 'p50 ms', digits: 2 },
   { key: 'p99Ms', label: 'p99 ms', digits: 2 },
+  { key: 'p999Ms', label: 'p99.9 ms', digits: 2 },
   { key: 'cpuUsPerRequest', label: 'CPU µs/req', digits: 0 },
   { key: 'rssMb', label: 'RSS MB/worker', digits: 1 },
   { key: 'startupMs', label: 'first 200 ms', digits: 0 },
+  { key: 'loadgenCpuPct', label: 'loadgen CPU %', digits: 1, noRatio: true },
 ];
+const RATIO_METRICS = METRICS.filter((m) => m.noRatio !== true);
 
 /** Others' CPU (% of the machine) above which a run is marked noisy. */
 const NOISY_PCT = 20;
@@ -59,6 +63,8 @@ function median(values) {
  * @property {number} loggedDropped                 summed over rounds
  * @property {number} errors                        summed over rounds
  * @property {number} restarts                      summed over rounds
+ * @property {number} logRecords                    summed over rounds
+ * @property {number} metricExports                 summed over rounds
  * @property {string[]} failures
  */
 
@@ -103,6 +109,8 @@ function summarize(configs, runs) {
       loggedDropped: sum((r) => r.spans.loggedDropped),
       errors: sum((r) => r.errors),
       restarts: sum((r) => r.restarts),
+      logRecords: sum((r) => r.logRecords),
+      metricExports: sum((r) => r.metricExports),
       failures: runs.filter((r) => r.config === config.id && r.error !== undefined).map((r) => `round ${r.round}: ${r.error}`),
     };
   });
@@ -152,11 +160,13 @@ function missingText(s) {
 function summaryTable(summaries, rounds) {
   return {
     title: `Medians over ${rounds} round${rounds === 1 ? '' : 's'}`,
-    head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'spans missing', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
+    head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'log records/req', 'metric exports', 'spans missing', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
     rows: summaries.map((s) => [
       s.config,
       ...METRICS.map((m) => num(s.median[m.key], m.digits)),
       num(s.spansPerRequest, 2),
+      num(s.spanRequests > 0 ? s.logRecords / s.spanRequests : NaN, 2),
+      String(s.metricExports),
       missingText(s),
       percent(s.stopDelivered),
       s.config === 'python' ? '—' : String(s.logLines),
@@ -172,8 +182,8 @@ function summaryTable(summaries, rounds) {
 function ratioTable(summaries) {
   return {
     title: 'Ratio to off (median over rounds of each round\'s ratio; req/s: higher is better, all else: lower is better)',
-    head: ['config', ...METRICS.map((m) => m.label)],
-    rows: summaries.map((s) => [s.config, ...METRICS.map((m) => times(s.ratio[m.key]))]),
+    head: ['config', ...RATIO_METRICS.map((m) => m.label)],
+    rows: summaries.map((s) => [s.config, ...RATIO_METRICS.map((m) => times(s.ratio[m.key]))]),
   };
 }
 
@@ -184,7 +194,7 @@ function ratioTable(summaries) {
 function roundsTable(runs) {
   return {
     title: 'Every run',
-    head: ['round', 'config', ...METRICS.map((m) => m.label), 'requests', 'errors', 'spans', 'spans/req', 'missing', 'kept at stop', 'sink µs/req', 'loadgen CPU %', 'others\' CPU %'],
+    head: ['round', 'config', ...METRICS.map((m) => m.label), 'requests', 'errors', 'spans', 'spans/req', 'missing', 'kept at stop', 'sink µs/req', 'others\' CPU %', 'loads'],
     rows: runs.map((r) =>
       r.error !== undefined
         ? [String(r.round), r.config, `FAILED: ${r.error.split('\n')[0]}`]
@@ -199,8 +209,8 @@ function roundsTable(runs) {
             r.spans.missing === undefined ? '—' : num(r.spans.missing, 0),
             r.spans.stopProbe === undefined ? '—' : `${r.spans.stopProbe.received}/${Math.round(r.spans.stopProbe.requests * (r.spans.expected ?? 0))}`,
             num(r.sinkCpuUsPerRequest, 1),
-            num(r.loadgenCpuPct, 0),
             `${num(r.otherCpuPct, 0)}${r.otherCpuPct > NOISY_PCT ? '*' : ''}`,
+            String(r.loads),
           ],
     ),
   };
@@ -231,25 +241,27 @@ function markdownTable(table) {
 const xml = (text) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
 /**
- * A horizontal grouped bar chart of the req/s and CPU-per-request ratios to
- * `off`, with `off` as a dashed line at 1.0: readable at a glance without
- * any chart library.
+ * A horizontal grouped bar chart of the req/s, CPU-per-request, RSS and p99
+ * ratios to `off`, with `off` as a dashed line at 1.0: readable at a glance
+ * without any chart library.
  * @param {ConfigSummary[]} summaries
  * @param {string} subtitle
  */
 function svgChart(summaries, subtitle) {
   const shown = summaries.filter((s) => s.config !== 'off');
   const bars = [
-    { key: 'rps', label: 'req/s (higher is better)', color: '#2b7bb9' },
-    { key: 'cpuUsPerRequest', label: 'CPU per request (lower is better)', color: '#e07b39' },
+    { key: 'rps', label: 'req/s (higher: better)', color: '#2b7bb9' },
+    { key: 'cpuUsPerRequest', label: 'CPU per request', color: '#e07b39' },
+    { key: 'rssMb', label: 'RSS per worker', color: '#7a9a3a' },
+    { key: 'p99Ms', label: 'p99 latency', color: '#9b59b6' },
   ];
   const values = shown.flatMap((s) => bars.map((b) => s.ratio[b.key] ?? NaN)).filter(Number.isFinite);
-  const max = Math.max(1.5, Math.ceil(Math.max(...values, 0) * 2) / 2);
+  const max = Math.max(1.5, Math.ceil(Math.max(...values, 0)));
   const left = 130;
   const plotWidth = 480;
   const width = left + plotWidth + 70;
-  const barHeight = 18;
-  const groupHeight = bars.length * (barHeight + 4) + 18;
+  const barHeight = 13;
+  const groupHeight = bars.length * (barHeight + 2) + 16;
   const top = 62;
   const height = top + shown.length * groupHeight + 50;
   const x = (/** @type {number} */ v) => left + (v / max) * plotWidth;
@@ -257,10 +269,10 @@ function svgChart(summaries, subtitle) {
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="12">`,
     `<rect width="100%" height="100%" fill="#fff"/>`,
-    `<text x="12" y="22" font-size="15" font-weight="bold">Cost of tracing: each config relative to off (= 1.0)</text>`,
+    `<text x="12" y="22" font-size="15" font-weight="bold">Cost of telemetry: each config relative to off (= 1.0)</text>`,
     `<text x="12" y="40" fill="#555">${xml(subtitle)}</text>`,
   ];
-  for (let tick = 0; tick <= max + 1e-9; tick += 0.5) {
+  for (let tick = 0; tick <= max + 1e-9; tick += max > 4 ? 1 : 0.5) {
     parts.push(`<line x1="${x(tick)}" y1="${top - 6}" x2="${x(tick)}" y2="${height - 42}" stroke="#eee"/>`);
     parts.push(`<text x="${x(tick)}" y="${height - 30}" text-anchor="middle" fill="#777">${tick.toFixed(1)}×</text>`);
   }
@@ -270,19 +282,19 @@ function svgChart(summaries, subtitle) {
     parts.push(`<text x="${left - 8}" y="${y0 + groupHeight / 2 + 5}" text-anchor="end" fill="#666" font-size="10">${xml(s.short)}</text>`);
     bars.forEach((b, i) => {
       const v = s.ratio[b.key] ?? NaN;
-      const y = y0 + i * (barHeight + 4);
+      const y = y0 + i * (barHeight + 2);
       if (!Number.isFinite(v)) {
         parts.push(`<text x="${left + 4}" y="${y + 13}" fill="#999">no data</text>`);
         return;
       }
       parts.push(`<rect x="${left}" y="${y}" width="${Math.max(1, x(v) - left)}" height="${barHeight}" fill="${b.color}"/>`);
-      parts.push(`<text x="${x(v) + 5}" y="${y + 13}">${v.toFixed(2)}×</text>`);
+      parts.push(`<text x="${x(v) + 5}" y="${y + 10}" font-size="10">${v.toFixed(2)}×</text>`);
     });
   });
   parts.push(`<line x1="${x(1)}" y1="${top - 10}" x2="${x(1)}" y2="${height - 42}" stroke="#222" stroke-dasharray="4 3"/>`);
   parts.push(`<text x="${x(1) + 4}" y="${top - 12}" fill="#222">off</text>`);
   bars.forEach((b, i) => {
-    const lx = 12 + i * 260;
+    const lx = 12 + i * 160;
     parts.push(`<rect x="${lx}" y="${height - 18}" width="12" height="12" fill="${b.color}"/>`);
     parts.push(`<text x="${lx + 18}" y="${height - 8}">${xml(b.label)}</text>`);
   });

@@ -10,6 +10,7 @@ const path = require('node:path');
 const { createPm2, writeEcosystem } = require('./pm2');
 const { startGunicorn } = require('./python');
 const { onCleanup } = require('./cleanup');
+const { preloadPath } = require('./peers');
 const { waitFor200, sequentialItems, freePort, sleep } = require('./http');
 const os = require('node:os');
 const { cpuMicros, totalCpuMicros, meanRssMb, alive, machineBusyMicros, selfAndChildrenMicros } = require('./proc');
@@ -40,7 +41,13 @@ const BSP_SCHEDULE_DELAY_MS = 5000;
  * @property {boolean} traced         whether spans are expected at the sink
  * @property {(sink: Sink) => Record<string, string>} [env]  what differs from the kit's defaults
  * @property {string} [preload]      replaces the kit's preload in node_args
+ * @property {import('./peers').Peer} [peer]  installed into bench/.peers/ on demand; its preload replaces the kit's
+ * @property {'outage'} [scenario]   run only when BENCH_SCENARIO names it (or BENCH_CONFIGS names the config)
  */
+
+/** The peers' agents, at the exact versions measured. */
+const DD_TRACE = { name: 'dd-trace', version: '6.21.0', preload: 'init.js' };
+const ELASTIC_APM = { name: 'elastic-apm-node', version: '4.18.0', preload: 'start.js' };
 
 /** @type {Config[]} */
 const CONFIGS = [
@@ -89,7 +96,78 @@ const CONFIGS = [
     preload: path.join(__dirname, '..', 'textbook-preload.js'),
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
   },
+  {
+    id: 'all',
+    title: 'kit, all three signals: traces 100%, metrics (OTLP every 10 s), logs (the access log on stdout and as OTLP log records), all over gRPC',
+    short: 'kit, traces + metrics + logs',
+    kind: 'pm2',
+    traced: true,
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_LOGS_EXPORTER: 'otlp', ACCESS_LOG: 'true' }),
+  },
+  // The peers: another vendor's agent preloaded into the same app, in place
+  // of the kit's preload, sending to the sink's stand-in for its agent, with
+  // every extra that would need the network off.
+  {
+    id: 'dd-trace',
+    title: `Datadog dd-trace ${DD_TRACE.version} (-r dd-trace/init), v0.4 msgpack to a local fake agent; "spans" are its traces`,
+    short: `dd-trace ${DD_TRACE.version}`,
+    kind: 'pm2',
+    traced: true,
+    peer: DD_TRACE,
+    preload: preloadPath(DD_TRACE),
+    env: (sink) => ({
+      DD_TRACE_AGENT_URL: sink.httpUrl,
+      DD_SERVICE: 'bench',
+      DD_TRACE_STARTUP_LOGS: 'false',
+      DD_REMOTE_CONFIGURATION_ENABLED: 'false',
+      DD_INSTRUMENTATION_TELEMETRY_ENABLED: 'false',
+      DD_RUNTIME_METRICS_ENABLED: 'false',
+      DD_CRASHTRACKING_ENABLED: 'false',
+    }),
+  },
+  {
+    id: 'elastic',
+    title: `Elastic elastic-apm-node ${ELASTIC_APM.version} (-r elastic-apm-node/start) to a local fake APM server; "spans" are its transactions`,
+    short: `elastic-apm-node ${ELASTIC_APM.version}`,
+    kind: 'pm2',
+    traced: true,
+    peer: ELASTIC_APM,
+    preload: preloadPath(ELASTIC_APM),
+    env: (sink) => ({
+      ELASTIC_APM_SERVER_URL: sink.httpUrl,
+      ELASTIC_APM_SERVICE_NAME: 'bench',
+      ELASTIC_APM_CENTRAL_CONFIG: 'false',
+      ELASTIC_APM_CLOUD_PROVIDER: 'none',
+      ELASTIC_APM_METRICS_INTERVAL: '0s',
+      ELASTIC_APM_LOG_LEVEL: 'off',
+      // Events reach the server when the agent ends its streaming request
+      // (10 s by default): 5 s, like the kit's batch delay, so that the
+      // bench's span accounting waits long enough for both.
+      ELASTIC_APM_API_REQUEST_TIME: '5s',
+    }),
+  },
   { id: 'python', title: 'FastAPI, gunicorn + 2 uvicorn workers (uninstrumented)', short: 'FastAPI, untraced', kind: 'python', traced: false },
+  // The outage scenario (BENCH_SCENARIO=outage): the kit's traces config
+  // with its collector gone or flapping, against kit and off of the same round.
+  {
+    id: 'unreachable',
+    title: 'kit, traces only, collector unreachable (nothing listens on its port)',
+    short: 'kit, collector down',
+    kind: 'pm2',
+    traced: false,
+    scenario: 'outage',
+    // Port 1 (tcpmux) is not served on loopback: every connection is refused.
+    env: () => ({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:1', OTEL_METRICS_EXPORTER: 'none' }),
+  },
+  {
+    id: 'flapping',
+    title: 'kit, traces only, collector answering UNAVAILABLE every other second',
+    short: 'kit, collector flapping',
+    kind: 'pm2',
+    traced: false,
+    scenario: 'outage',
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.flappingUrl, OTEL_METRICS_EXPORTER: 'none' }),
+  },
 ];
 
 /**
@@ -132,16 +210,20 @@ const CONFIGS = [
  * @property {number} rps
  * @property {number} p50Ms
  * @property {number} p99Ms
+ * @property {number} p999Ms
  * @property {number} cpuUsPerRequest   worker CPU time (user + system) over the load, per request
  * @property {number} rssMb          mean VmRSS of the workers at the end of the load
  * @property {number} requests       answered during the measured load
  * @property {number} errors         socket errors and non-2xx during the measured load
  * @property {number} seconds
  * @property {number} sinkCpuUsPerRequest  the sink's own CPU over the load, per request
- * @property {number} loadgenCpuPct  the load generator's CPU over the load, % of all cores
+ * @property {number} loadgenCpuPct  the load generator's CPU time over the load / (wall time × cores), in %
  * @property {number} otherCpuPct    CPU used by processes outside the bench during the load, % of all cores
  * @property {number} quietWaitS     seconds spent waiting for a quiet machine before the load
+ * @property {number} loads          loads run to get one that others disturbed little (the least disturbed counts)
  * @property {number} restarts       worker restarts (CPU figures are void if > 0)
+ * @property {number} logRecords     OTLP log records that reached the sink during this run
+ * @property {number} metricExports  metrics exports that reached the sink during this run
  * @property {SpanFigures} spans
  */
 
@@ -201,16 +283,44 @@ async function measure(settings, app) {
   settings.progress(`warm-up ${settings.warmupS} s`);
   requests += (await load.run(app.port, settings.warmupS)).requests;
 
+  // A load during which other tenants took much of the CPU is measured
+  // again (at most MAX_LOADS times in all); the least disturbed one counts.
+  /** @type {Awaited<ReturnType<typeof loadOnce>> | undefined} */
+  let best;
+  let loads = 0;
+  let loadEndedAt = 0;
+  for (;;) {
+    loads += 1;
+    const attempt = await loadOnce(settings, app, loads);
+    requests += attempt.requests;
+    loadEndedAt = Date.now();
+    if (best === undefined || attempt.otherCpuPct < best.otherCpuPct) best = attempt;
+    if (attempt.otherCpuPct <= RETRY_ABOVE_PCT || loads >= MAX_LOADS) break;
+    settings.progress(`others took ${attempt.otherCpuPct.toFixed(0)}% of the CPU during the load: measuring again`);
+  }
+  return { expected, totalRequests: requests, loadEndedAt, figures: { ...best, loads } };
+}
+
+/** Others' CPU (% of the machine) above which a load is measured again, up to MAX_LOADS loads. */
+const RETRY_ABOVE_PCT = 20;
+const MAX_LOADS = 3;
+
+/**
+ * One measured load, after waiting for a quiet machine.
+ * @param {Settings} settings
+ * @param {{ port: number, pids: number[], managerPid: number }} app
+ * @param {number} attempt
+ */
+async function loadOnce(settings, app, attempt) {
+  const { sink, load } = settings;
   const quietWaitS = settings.quietWaitS > 0 ? await waitForQuietMachine(settings.quietWaitS) : 0;
-  settings.progress(`load ${settings.durationS} s${quietWaitS > 1.5 ? ` (after waiting ${quietWaitS.toFixed(0)} s for a quiet machine)` : ''}`);
+  settings.progress(`load ${settings.durationS} s${attempt > 1 ? ` (attempt ${attempt})` : ''}${quietWaitS > 1.5 ? ` (after waiting ${quietWaitS.toFixed(0)} s for a quiet machine)` : ''}`);
   const sinkCpu0 = (await sink.stats()).cpuMicros;
   const [machine0, driver0, cpu0, manager0] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
   const result = await load.run(app.port, settings.durationS);
-  const loadEndedAt = Date.now();
   const [machine1, driver1, cpu1, manager1] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
   const rssMb = meanRssMb(app.pids);
   const sinkCpu1 = (await sink.stats()).cpuMicros;
-  requests += result.requests;
 
   // Where the machine's CPU went during the load, as % of all cores: the
   // load generator (a child that has exited, so in our cutime), and what
@@ -222,23 +332,19 @@ async function measure(settings, app) {
   const otherMicros = machine1 - machine0 - benchMicros;
 
   return {
-    expected,
-    totalRequests: requests,
-    loadEndedAt,
-    figures: {
-      rps: result.rps,
-      p50Ms: result.p50Ms,
-      p99Ms: result.p99Ms,
-      cpuUsPerRequest: (cpu1 - cpu0) / result.requests,
-      rssMb,
-      requests: result.requests,
-      errors: result.errors,
-      seconds: result.seconds,
-      sinkCpuUsPerRequest: (sinkCpu1 - sinkCpu0) / result.requests,
-      loadgenCpuPct: (100 * loadgenMicros) / capacity,
-      otherCpuPct: Math.max(0, (100 * otherMicros) / capacity),
-      quietWaitS,
-    },
+    rps: result.rps,
+    p50Ms: result.p50Ms,
+    p99Ms: result.p99Ms,
+    p999Ms: result.p999Ms,
+    cpuUsPerRequest: (cpu1 - cpu0) / result.requests,
+    rssMb,
+    requests: result.requests,
+    errors: result.errors,
+    seconds: result.seconds,
+    sinkCpuUsPerRequest: (sinkCpu1 - sinkCpu0) / result.requests,
+    loadgenCpuPct: (100 * loadgenMicros) / capacity,
+    otherCpuPct: Math.max(0, (100 * otherMicros) / capacity),
+    quietWaitS,
   };
 }
 
@@ -318,7 +424,8 @@ async function runPm2(config, settings, expected) {
   try {
     await pm2.start();
     const ecosystem = writeEcosystem(pm2.home, { name, env, preload: config.preload });
-    const spansBefore = (await sink.stats()).spans;
+    const sinkBefore = await sink.stats();
+    const spansBefore = sinkBefore.spans;
 
     settings.progress('pm2 start');
     const startedAt = performance.now();
@@ -350,7 +457,9 @@ async function runPm2(config, settings, expected) {
     }
     await pm2.run(['delete', name]);
     const spans = spanFigures(received, measured.totalRequests, measured.expected, probe, pm2.logs());
-    return { startupMs: firstOk - startedAt, restarts, ...measured.figures, spans };
+    const sinkAfter = await sink.stats();
+    const signals = { logRecords: sinkAfter.logRecords - sinkBefore.logRecords, metricExports: sinkAfter.metricExports - sinkBefore.metricExports };
+    return { startupMs: firstOk - startedAt, restarts, ...measured.figures, ...signals, spans };
   } finally {
     await stopDaemon();
   }
@@ -378,7 +487,7 @@ async function runPython(settings) {
     await stop();
     const received = (await settings.sink.stats()).spans - spansBefore;
     const spans = spanFigures(received, measured.totalRequests, undefined, undefined, logs);
-    return { startupMs: firstOk - gunicorn.startedAt, restarts, ...measured.figures, spans };
+    return { startupMs: firstOk - gunicorn.startedAt, restarts, ...measured.figures, logRecords: 0, metricExports: 0, spans };
   } finally {
     await stop();
   }
@@ -410,7 +519,7 @@ async function runOnce(config, round, settings, expected) {
  */
 function failed(config, round) {
   const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
-  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, restarts: 0, spans };
+  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
 }
 
-module.exports = { CONFIGS, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT };
+module.exports = { CONFIGS, DD_TRACE, ELASTIC_APM, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT, RETRY_ABOVE_PCT, MAX_LOADS };

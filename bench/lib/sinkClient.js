@@ -13,6 +13,8 @@ const { sleep } = require('./http');
  * @property {number} port
  * @property {number} pid
  * @property {string} url                 what OTEL_EXPORTER_OTLP_ENDPOINT is set to
+ * @property {string} httpUrl             OTLP http/protobuf, Datadog agent, Elastic APM server
+ * @property {string} flappingUrl         an OTLP/gRPC endpoint that refuses every other second
  * @property {() => Promise<SinkStats>} stats
  * @property {(options: QuietOptions) => Promise<SinkStats>} waitQuiet
  * @property {() => Promise<void>} stop
@@ -77,9 +79,10 @@ function startSink() {
   return new Promise((resolve, reject) => {
     child.once('error', reject);
     child.once('exit', (code) => reject(new Error(`the sink exited with code ${code} before it was ready`)));
-    child.once('message', (/** @type {{ type: string, port: number }} */ message) => {
+    child.once('message', (/** @type {{ type: string, port: number, httpPort: number, flappingPort: number }} */ message) => {
       if (message.type !== 'ready') return reject(new Error(`unexpected first message from the sink: ${JSON.stringify(message)}`));
-      resolve({ port: message.port, pid: /** @type {number} */ (child.pid), url: `http://127.0.0.1:${message.port}`, stats, waitQuiet, stop });
+      const at = (/** @type {number} */ port) => `http://127.0.0.1:${port}`;
+      resolve({ port: message.port, pid: /** @type {number} */ (child.pid), url: at(message.port), httpUrl: at(message.httpPort), flappingUrl: at(message.flappingPort), stats, waitQuiet, stop });
     });
   });
 }

@@ -8,7 +8,7 @@
  *
  * Every assertion is on counts (requests, spans, log lines) and on order
  * (each span is told apart by its request's id), never on timings: speed and
- * memory figures come from `bench/outage.js`. `/_test/stats` makes no span
+ * memory figures come from `BENCH_SCENARIO=outage npm run bench`. `/_test/stats` makes no span
  * here, so that the exporters' counts account for the items' spans exactly.
  */
 import { startReceiver, type OtlpReceiver, type ReceivedRequest, type ReceivedSpan } from '../helpers/otlpReceiver';
