@@ -231,6 +231,19 @@ async function keepAliveConnection(port: number): Promise<{ send(request: string
           expect([...last.values()].reduce((sum, n) => sum + n, 0)).toBe(REQUESTS);
         },
       ],
+      [
+        'logs',
+        () => {
+          // One access record per request, each once, linked to its server span.
+          const records = receiver.logs.filter((r) => r.body === 'request' && r.attributes.route === '/items/:id');
+          expect(records.map((r) => r.attributes.path).sort()).toEqual(Array.from({ length: REQUESTS }, (_, i) => `/items/${i}`).sort());
+          const spanIds = new Set(receiver.spans.map((s) => s.spanId));
+          for (const record of records) {
+            expect(record.resource).toMatchObject({ 'service.name': APP, 'container.id': id });
+            expect(spanIds.has(record.spanId)).toBe(true);
+          }
+        },
+      ],
     ];
     for (const [, check] of flushed) check();
   });
