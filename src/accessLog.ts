@@ -54,7 +54,8 @@ export interface AccessFields {
   path: string;
   /** The raw query string, secrets replaced; absent without one. */
   query: string | undefined;
-  status: number;
+  /** The status sent; absent when the request was cut before any answer (Koa's default 404 would mislead). */
+  status: number | undefined;
   duration_ms: number;
   /** Response body bytes (Content-Length); absent when not known. */
   bytes: number | undefined;
@@ -79,7 +80,7 @@ export function accessFields(ctx: Context, startedAt: number, withHeaders: boole
     route: typeof route === 'string' ? route : undefined,
     path: mark === -1 ? url : url.slice(0, mark),
     query: mark === -1 ? undefined : redactQuery(url.slice(mark + 1)),
-    status: res.statusCode,
+    status: res.headersSent ? res.statusCode : undefined,
     duration_ms: Math.round((performance.now() - startedAt) * 1000) / 1000,
     bytes: Number.isFinite(length) ? length : undefined,
     remote_addr: req.socket.remoteAddress,

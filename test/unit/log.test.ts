@@ -144,4 +144,16 @@ describe('the access log', () => {
     expect(fields.user_agent?.length).toBe(513);
     expect(fields).toMatchObject({ path: '/a%0D%0Ab', query: 'q="\\', bytes: undefined, remote_addr: '10.0.0.1' });
   });
+
+  it('gives no status for a request cut before any answer, and says it was aborted', () => {
+    const ctx = {
+      req: { url: '/_test/slow?ms=1500', method: 'GET', headers: {}, socket: { remoteAddress: '127.0.0.1' } },
+      res: { statusCode: 404, headersSent: false, getHeader: () => undefined, writableFinished: false },
+    };
+    const fields = accessFields(ctx as never, 0, false);
+    expect(fields).toMatchObject({ status: undefined, aborted: true });
+    const answered = accessFields({ ...ctx, res: { ...ctx.res, statusCode: 200, headersSent: true, writableFinished: true } } as never, 0, false);
+    expect(answered.status).toBe(200);
+    expect(answered.aborted).toBeUndefined();
+  });
 });
