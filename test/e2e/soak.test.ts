@@ -120,8 +120,11 @@ test(`${SOAK_SECONDS} s of steady load: no restart, flat memory, no handle growt
   expect(new Set(after.keys())).toEqual(new Set(before.keys()));
   for (const [pid, b] of before) {
     const a = after.get(pid)!;
-    // Level in the second half: a leak of even 1 KB a request would add tens of MB there.
-    expect((a.rss - middle.get(pid)!.rss) / 2 ** 20).toBeLessThan(20);
+    // Level in the second half: a leak of even 1 KB a request would add
+    // 80 MB or more there (80k+ requests a worker). RSS also moves in steps
+    // as V8 and malloc grow their spaces, with heap use flat: with all three
+    // signals on, 1–10 MB in most runs and up to 27.5 MB once, so 40 MB.
+    expect((a.rss - middle.get(pid)!.rss) / 2 ** 20).toBeLessThan(40);
     expect(a.activeResources).toBeLessThanOrEqual(b.activeResources + 2);
     expect(a.telemetry.dropped).toBe(0);
   }
