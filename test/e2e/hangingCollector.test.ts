@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startHangingCollector, type HangingCollector, type HangMode, type HangProtocol } from '../helpers/hangingCollector';
 import { get } from '../helpers/load';
-import { startApp, startPm2, type Pm2, type Pm2ProcessInfo } from '../helpers/pm2';
+import { startApp, startPm2, type Pm2, type Pm2ProcessInfo, preloadLines } from '../helpers/pm2';
 
 jest.setTimeout(60_000);
 
@@ -49,20 +49,8 @@ async function waitUntil(condition: () => boolean, timeoutMs: number, describe: 
   }
 }
 
-/** The telemetry preload's own lines (`otel: …`) written by one worker, from PM2's error log. */
-function otelLines(pid: number): string[] {
-  return pm2
-    .errLog()
-    .split('\n')
-    .flatMap((line) => {
-      try {
-        const parsed = JSON.parse(line) as { pid?: unknown; msg?: unknown };
-        return parsed.pid === pid && typeof parsed.msg === 'string' && parsed.msg.startsWith('otel: ') ? [parsed.msg] : [];
-      } catch {
-        return [];
-      }
-    });
-}
+/** The telemetry preload's own lines (`otel: …`) written by one worker. */
+const otelLines = (pid: number): string[] => preloadLines(pm2, pid);
 
 const count = (lines: string[], text: string): number => lines.filter((line) => line.includes(text)).length;
 

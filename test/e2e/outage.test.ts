@@ -12,7 +12,7 @@
  * here, so that the exporters' counts account for the items' spans exactly.
  */
 import { startReceiver, type OtlpReceiver, type ReceivedRequest, type ReceivedSpan } from '../helpers/otlpReceiver';
-import { freePort, startPm2, type Pm2, type Pm2ProcessInfo } from '../helpers/pm2';
+import { freePort, startPm2, type Pm2, type Pm2ProcessInfo, preloadLines } from '../helpers/pm2';
 import { get, startLoad } from '../helpers/load';
 import { waitUntil } from '../helpers/waitUntil';
 
@@ -255,20 +255,8 @@ function duplicateSpanIds(spans: ReceivedSpan[]): string[] {
   return spans.filter((s) => seen.size === seen.add(s.spanId).size).map((s) => s.spanId);
 }
 
-/** The telemetry preload's own lines (`otel: …`) written by one worker, from PM2's error log. */
-function otelLines(pid: number): string[] {
-  return pm2
-    .errLog()
-    .split('\n')
-    .flatMap((line) => {
-      try {
-        const parsed = JSON.parse(line) as { pid?: unknown; msg?: unknown };
-        return parsed.pid === pid && typeof parsed.msg === 'string' && parsed.msg.startsWith('otel: ') ? [parsed.msg] : [];
-      } catch {
-        return [];
-      }
-    });
-}
+/** The telemetry preload's own lines (`otel: …`) written by one worker. */
+const otelLines = (pid: number): string[] => preloadLines(pm2, pid);
 
 const count = (lines: string[], text: string): number => lines.filter((line) => line.includes(text)).length;
 

@@ -153,3 +153,18 @@ export async function startApp(pm2: Pm2, name: string, env: Record<string, strin
   await pm2.waitOnline(name, instances);
   return port;
 }
+
+/** The telemetry preload's own lines (`otel: …`) written by worker `pid`, from PM2's error log. */
+export function preloadLines(pm2: Pm2, pid: number): string[] {
+  return pm2
+    .errLog()
+    .split('\n')
+    .flatMap((line) => {
+      try {
+        const parsed = JSON.parse(line) as { pid?: unknown; msg?: unknown };
+        return parsed.pid === pid && typeof parsed.msg === 'string' && parsed.msg.startsWith('otel: ') ? [parsed.msg] : [];
+      } catch {
+        return [];
+      }
+    });
+}
