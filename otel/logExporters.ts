@@ -1,8 +1,15 @@
 /**
- * The log record exporters for `OTEL_LOGS_EXPORTER`: the library's OTLP
- * exporters (each package required only for the protocol in use; they read
- * headers, compression and timeout from the standard variables, which
- * `settings.ts` has checked), and a JSON-line one for `console`.
+ * The log record exporters for `OTEL_LOGS_EXPORTER`: the OTLP ones, and a
+ * JSON-line one for `console`.
+ *
+ * For `grpc` and `http/protobuf`, the exporter is assembled exactly as
+ * `@opentelemetry/exporter-logs-otlp-grpc` and `-proto` assemble theirs (the
+ * same export delegate, transport, retries, configuration from the standard
+ * `OTEL_EXPORTER_OTLP_*` variables, which `settings.ts` has checked, and
+ * self-metrics), with the kit's byte-identical and faster protobuf
+ * serializer (see `logSerializer.ts`), as `otlpTraceExporter.ts` does for
+ * spans. `http/json` keeps the library's exporter. Each package is required
+ * only for the protocol in use.
  */
 import { SeverityNumber } from '@opentelemetry/api';
 import { ExportResultCode, hrTimeToMicroseconds, type ExportResult } from '@opentelemetry/core';
@@ -13,12 +20,36 @@ import type { OtlpProtocol } from './settings';
 export function createOtlpLogExporter(protocol: OtlpProtocol, url: string): LogRecordExporter {
   switch (protocol) {
     case 'grpc': {
-      const { OTLPLogExporter } = require('@opentelemetry/exporter-logs-otlp-grpc') as typeof import('@opentelemetry/exporter-logs-otlp-grpc');
-      return new OTLPLogExporter({ url });
+      const { OTLPExporterBase } = require('@opentelemetry/otlp-exporter-base') as typeof import('@opentelemetry/otlp-exporter-base');
+      const { createOtlpGrpcExportDelegate, convertLegacyOtlpGrpcOptions } = require('@opentelemetry/otlp-grpc-exporter-base') as typeof import('@opentelemetry/otlp-grpc-exporter-base');
+      const { LogsExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
+      const { FastProtobufLogsSerializer } = require('./logSerializer') as typeof import('./logSerializer');
+      return new OTLPExporterBase(
+        createOtlpGrpcExportDelegate(
+          convertLegacyOtlpGrpcOptions({ url }, 'LOGS'),
+          FastProtobufLogsSerializer,
+          'otlp_grpc_log_exporter',
+          LogsExporterMetricsHelper,
+          undefined,
+          'LogsExportService',
+          '/opentelemetry.proto.collector.logs.v1.LogsService/Export',
+        ),
+      );
     }
     case 'http/protobuf': {
-      const { OTLPLogExporter } = require('@opentelemetry/exporter-logs-otlp-proto') as typeof import('@opentelemetry/exporter-logs-otlp-proto');
-      return new OTLPLogExporter({ url });
+      const { OTLPExporterBase } = require('@opentelemetry/otlp-exporter-base') as typeof import('@opentelemetry/otlp-exporter-base');
+      const { createOtlpHttpExportDelegate, convertLegacyHttpOptions } = require('@opentelemetry/otlp-exporter-base/node-http') as typeof import('@opentelemetry/otlp-exporter-base/node-http');
+      const { LogsExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
+      const { FastProtobufLogsSerializer } = require('./logSerializer') as typeof import('./logSerializer');
+      return new OTLPExporterBase(
+        createOtlpHttpExportDelegate(
+          convertLegacyHttpOptions({ url }, 'LOGS', 'v1/logs', { 'Content-Type': 'application/x-protobuf' }),
+          FastProtobufLogsSerializer,
+          'otlp_http_log_exporter',
+          LogsExporterMetricsHelper,
+          undefined,
+        ),
+      );
     }
     case 'http/json': {
       const { OTLPLogExporter } = require('@opentelemetry/exporter-logs-otlp-http') as typeof import('@opentelemetry/exporter-logs-otlp-http');

@@ -77,7 +77,7 @@ function grow(needed: number): void {
 }
 
 /** The library's `writeVarint`: 64-bit two's complement for negatives, whatever a non-number coerces to. */
-function writeVarint(value: number): void {
+export function writeVarint(value: number): void {
   ensure(10);
   if (value >= 0 && value <= 0xffffffff) {
     let v = value >>> 0;
@@ -113,7 +113,7 @@ function varintSize(length: number): number {
 }
 
 /** Writes the length of the message whose content starts `reserved` bytes after `start`, moving the content if needed. */
-function finishMessage(start: number, reserved: number): void {
+export function finishMessage(start: number, reserved: number): void {
   let length = pos - start - reserved;
   if (length < 128 && reserved === 1) {
     buf[start] = length;
@@ -134,7 +134,7 @@ function finishMessage(start: number, reserved: number): void {
 }
 
 /** Starts a resource or scope group: its length goes at the end of a 5-byte reservation. */
-function startGroup(): number {
+export function startGroup(): number {
   ensure(GROUP_LENGTH_BYTES);
   // The second slot holds the bytes skipped so far until the group ends, then the group's own unused bytes.
   gaps.push(pos, skipped);
@@ -142,7 +142,7 @@ function startGroup(): number {
   return gaps.length - 2;
 }
 
-function finishGroup(gap: number): void {
+export function finishGroup(gap: number): void {
   const start = gaps[gap] as number;
   // Inner groups' unused bytes are not part of the message.
   let length = pos - start - GROUP_LENGTH_BYTES - (skipped - (gaps[gap + 1] as number));
@@ -157,7 +157,7 @@ function finishGroup(gap: number): void {
   buf[p] = length;
 }
 
-function writeString(str: string): void {
+export function writeString(str: string): void {
   const length = str.length;
   if (length >= SHORT_STRING) {
     writeLongString(str, length);
@@ -206,7 +206,7 @@ function hexDigit(code: number): number {
 }
 
 /** A tagged bytes field from a hex id, as `hexToBinary`: an odd last character is ignored, bytes wrap modulo 256. */
-function writeId(tag: number, hex: string): void {
+export function writeId(tag: number, hex: string): void {
   const length = hex.length;
   const bytes = length >>> 1;
   ensure(bytes + 6);
@@ -222,7 +222,7 @@ function writeId(tag: number, hex: string): void {
 }
 
 /** The library's `writeHrTimeAsFixed64`, rounding and all. */
-function writeHrTime(tag: number, hrTime: HrTime): void {
+export function writeHrTime(tag: number, hrTime: HrTime): void {
   const seconds = hrTime[0];
   const nanos = hrTime[1];
   const nanosFromLower16Bits = (seconds & 65535) * 1e9;
@@ -258,14 +258,14 @@ function writeFlags(tag: number, traceFlags: number, isRemote: boolean | undefin
 }
 
 /** A tag and a varint, for the counts the library always writes (`undefined` and `NaN` become 0). */
-function writeCount(tag: number, value: number): void {
+export function writeCount(tag: number, value: number): void {
   ensure(1);
   buf[pos++] = tag;
   writeVarint(value);
 }
 
 /** Repeated KeyValue under field `tag`: own enumerable keys in `for...in` order, `undefined` values included. */
-function writeAttributes(attributes: Attributes, tag: number): void {
+export function writeAttributes(attributes: Attributes, tag: number): void {
   for (const key in attributes) {
     if (!Object.prototype.hasOwnProperty.call(attributes, key)) continue;
     const value = attributes[key];
@@ -294,7 +294,7 @@ function writeAttributes(attributes: Attributes, tag: number): void {
 }
 
 /** AnyValue content; values the library does not know (null, undefined, bigint, symbol, function) leave it empty. */
-function writeAnyValue(value: unknown): void {
+export function writeAnyValue(value: unknown): void {
   const type = typeof value;
   if (type === 'string') {
     ensure(1);
@@ -520,6 +520,44 @@ function serializeRequest(spans: ReadableSpan[]): Uint8Array {
   skipped = 0;
   try {
     for (const [resource, scopes] of groupSpans(spans)) writeResourceSpans(resource, scopes);
+    return copyOut();
+  } finally {
+    if (buf.length > RETAINED_BYTES) {
+      buf = Buffer.allocUnsafeSlow(INITIAL_BYTES);
+      view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    }
+  }
+}
+
+// For the other signals' encoders (logSerializer.ts), which write through the primitives above.
+
+/** A tag, then `reserved` bytes for the length of the message that follows; returns where they start, for {@link finishMessage}. */
+export function startMessage(tag: number, reserved: number): number {
+  ensure(reserved + 1);
+  buf[pos++] = tag;
+  const start = pos;
+  pos += reserved;
+  return start;
+}
+
+/** A tag and a fixed32 (the library's `writeFixed32`: the value taken modulo 2^32). */
+export function writeFixed32(tag: number, value: number): void {
+  const v = value >>> 0;
+  ensure(5);
+  buf[pos++] = tag;
+  buf[pos++] = v & 255;
+  buf[pos++] = (v >>> 8) & 255;
+  buf[pos++] = (v >>> 16) & 255;
+  buf[pos++] = v >>> 24;
+}
+
+/** A request written by `write` into the scratch buffer, returned in a buffer of its own (as {@link serializeRequest} does for spans). */
+export function encodeRequest(write: () => void): Uint8Array {
+  pos = 0;
+  gaps.length = 0;
+  skipped = 0;
+  try {
+    write();
     return copyOut();
   } finally {
     if (buf.length > RETAINED_BYTES) {
