@@ -3,24 +3,26 @@
  * context mixin, redaction of headers and query values, and the access line
  * of a request driven through the app.
  */
-import { PassThrough } from 'node:stream';
-import { context, trace, TraceFlags } from '@opentelemetry/api';
+import { PassThrough, Writable } from 'node:stream';
+import { context, logs, trace, TraceFlags } from '@opentelemetry/api';
+import { InMemoryLogRecordExporter, LoggerProvider, SimpleLogRecordProcessor } from '@opentelemetry/sdk-logs';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import supertest from 'supertest';
 import { createApp } from '../../src/app';
 import { accessFields, redactQuery } from '../../src/accessLog';
-import { createLogger, traceFields, type Logger } from '../../src/log';
+import { createLogger, GATHER_MS, traceFields, type Logger } from '../../src/log';
+import { waitUntil } from '../helpers/waitUntil';
 import type { LogLevel } from '../../src/config';
 
 /** A logger whose stdout and stderr lines the test reads back, parsed. */
-function capture(level: LogLevel = 'info'): { log: Logger; out: () => Array<Record<string, unknown>>; err: () => Array<Record<string, unknown>>; flush: () => Promise<void> } {
+function capture(level: LogLevel = 'info', emit = false): { log: Logger; out: () => Array<Record<string, unknown>>; err: () => Array<Record<string, unknown>>; flush: () => Promise<void> } {
   let out = '';
   let err = '';
   const stdout = new PassThrough().setEncoding('utf8');
   const stderr = new PassThrough().setEncoding('utf8');
   stdout.on('data', (chunk: string) => (out += chunk));
   stderr.on('data', (chunk: string) => (err += chunk));
-  const log = createLogger({ level, stdout, stderr });
+  const log = createLogger({ level, stdout, stderr, emit });
   const parse = (text: string): Array<Record<string, unknown>> =>
     text
       .split('\n')
@@ -61,6 +63,21 @@ describe('the logger', () => {
     expect(out()[1]).not.toHaveProperty('trace_id');
   });
 
+  it('writes gathered lines together within GATHER_MS, and at once past 64 KiB', async () => {
+    const chunks: string[] = [];
+    const stdout = new Writable({ write: (chunk: Buffer, _encoding, done) => (chunks.push(chunk.toString()), done()) });
+    const log = createLogger({ stdout, stderr: stdout });
+    log.info('first');
+    log.info('second');
+    expect(chunks).toEqual([]);
+    await waitUntil('the gathered lines', () => chunks.length > 0, 5000, 2);
+    expect(chunks).toHaveLength(1);
+    expect(chunks[0]?.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { msg: string }).msg)).toEqual(['first', 'second']);
+    log.info({ big: 'x'.repeat(70 * 1024) }, 'large');
+    expect(chunks).toHaveLength(2);
+    expect(GATHER_MS).toBeLessThanOrEqual(50);
+  });
+
   it('redacts secret headers wherever a line carries headers, at any level', async () => {
     const { log, out, flush } = capture('trace');
     const headers = { authorization: 'Bearer s3cret', cookie: 'sid=s3cret', 'set-cookie': ['a=s3cret'], 'proxy-authorization': 'Basic s3cret', 'x-api-key': 's3cret', accept: '*/*' };
@@ -72,6 +89,45 @@ describe('the logger', () => {
     expect(out()[0]?.headers).toEqual({ authorization: '[Redacted]', cookie: '[Redacted]', 'set-cookie': '[Redacted]', 'proxy-authorization': '[Redacted]', 'x-api-key': '[Redacted]', accept: '*/*' });
     // The caller's object is left as it was.
     expect(headers.authorization).toBe('Bearer s3cret');
+  });
+});
+
+describe('log records (OTEL_LOGS_EXPORTER)', () => {
+  const exporter = new InMemoryLogRecordExporter();
+  beforeAll(() => logs.setGlobalLoggerProvider(new LoggerProvider({ processors: [new SimpleLogRecordProcessor({ exporter })] })));
+  afterAll(() => logs.disable());
+  beforeEach(() => exporter.reset());
+
+  // Built from pino's object (access-like lines) or parsed back from the line
+  // (everything else): either way, the record says what the line says.
+  it('gives each line one record with its level, message and fields, whichever way the record is built', async () => {
+    const { log, out, err, flush } = capture('debug', true);
+    const child = log.child({ request: 'r1' });
+    context.with(trace.setSpanContext(context.active(), SPAN_CONTEXT), () => {
+      log.info({ method: 'GET', route: '/items/:id', status: 200, duration_ms: 0.25, query: undefined, aborted: true, agent: '"\\\n\u00ff' }, 'request');
+      log.info({ headers: { authorization: 'Bearer secret', accept: '*/*' }, status: 200 }, 'with headers');
+      log.warn({ nested: { a: [1, 'b'] }, empty: null }, 'objects');
+      log.error(new Error('boom'));
+      log.info({ ratio: Number.NaN }, 'not a finite number');
+      log.info({ msg: 'from the object' });
+      log.debug('formatted %s %d', 'text', 42);
+      child.info({ status: 201 }, 'child');
+    });
+    await flush();
+    const lines = [...out(), ...err()].sort((a, b) => String(a.msg).localeCompare(String(b.msg)));
+    const records = exporter.getFinishedLogRecords().sort((a, b) => String(a.body).localeCompare(String(b.body)));
+    expect(records).toHaveLength(8);
+    const notAttributes = new Set(['level', 'time', 'pid', 'msg', 'trace_id', 'span_id', 'trace_flags']);
+    records.forEach((record, i) => {
+      const line = lines[i] as Record<string, unknown>;
+      expect(record.body).toBe(line.msg);
+      expect(record.severityText).toBe(line.level);
+      expect(record.spanContext?.spanId).toBe(SPAN_CONTEXT.spanId);
+      expect(record.attributes).toEqual(Object.fromEntries(Object.entries(line).filter(([key]) => !notAttributes.has(key))));
+    });
+    expect(JSON.stringify(records.map((r) => r.attributes))).not.toContain('Bearer secret');
+    expect(records.find((r) => r.body === 'request')?.attributes).toEqual({ method: 'GET', route: '/items/:id', status: 200, duration_ms: 0.25, aborted: true, agent: '"\\\n\u00ff' });
+    expect(records.find((r) => r.body === 'child')?.attributes).toEqual({ request: 'r1', status: 201 });
   });
 });
 
