@@ -35,6 +35,8 @@ test('declares a cluster of 2 instrumented workers by default', () => {
   const preload = app?.node_args[app.node_args.indexOf('-r') + 1];
   expect(preload).toBe(path.join(ROOT, 'dist/otel/register.js'));
   expect(app?.node_args).toContain(`--env-file-if-exists=${path.join(ROOT, '.env')}`);
+  // V8's background threads: the cores left per worker, 1 to 4.
+  expect(app?.node_args).toContain(`--v8-pool-size=${Math.min(4, Math.max(1, Math.floor(os.availableParallelism() / 2)))}`);
   // Drain (3 s) and flush (2 s) end before PM2's SIGKILL.
   expect(app?.kill_timeout).toBe(6000);
   expect(app?.env).toMatchObject({ OTEL_SERVICE_NAME: 'koa-otel-app', DRAIN_TIMEOUT_MS: '3000', FLUSH_TIMEOUT_MS: '2000' });
@@ -45,6 +47,13 @@ test.each([
   ['max', 'max'],
 ])('WEB_CONCURRENCY=%s gives %s instances', (value, instances) => {
   expect(load({ WEB_CONCURRENCY: value }).app?.instances).toBe(instances);
+});
+
+test.each([
+  ['max', 1],
+  ['1', Math.min(4, os.availableParallelism())],
+])('WEB_CONCURRENCY=%s gives each worker V8 background threads for the cores left: %s', (value, threads) => {
+  expect(load({ WEB_CONCURRENCY: value }).app?.node_args).toContain(`--v8-pool-size=${threads}`);
 });
 
 test.each(['0', '-1', '1.5', 'abc', ' 2'])('WEB_CONCURRENCY=%j is refused with a clear message', (value) => {
