@@ -20,6 +20,7 @@ import {
   encodeRequest,
   finishGroup,
   finishMessage,
+  groupByResourceAndScope,
   startGroup,
   startMessage,
   writeAnyValue,
@@ -100,41 +101,11 @@ function writeResourceLogs(resource: Resource, scopes: Map<Scope, ReadableLogRec
   finishGroup(group);
 }
 
-/** Records by resource, then by scope, both by object identity and in first-seen order (the library's grouping). */
-function groupRecords(records: ReadableLogRecord[]): Map<Resource, Map<Scope, ReadableLogRecord[]>> {
-  const resources = new Map<Resource, Map<Scope, ReadableLogRecord[]>>();
-  let lastResource: Resource | undefined;
-  let lastScope: Scope | undefined;
-  let lastRecords: ReadableLogRecord[] | undefined;
-  for (const record of records) {
-    const resource = record.resource;
-    const scope = record.instrumentationScope;
-    if (lastRecords !== undefined && resource === lastResource && scope === lastScope) {
-      lastRecords.push(record);
-      continue;
-    }
-    let scopes = resources.get(resource);
-    if (scopes === undefined) {
-      scopes = new Map();
-      resources.set(resource, scopes);
-    }
-    lastRecords = scopes.get(scope);
-    if (lastRecords === undefined) {
-      lastRecords = [];
-      scopes.set(scope, lastRecords);
-    }
-    lastRecords.push(record);
-    lastResource = resource;
-    lastScope = scope;
-  }
-  return resources;
-}
-
 let library: typeof import('@opentelemetry/otlp-transformer') | undefined;
 
 export const FastProtobufLogsSerializer: LogsSerializer = {
   serializeRequest(records: ReadableLogRecord[]): Uint8Array {
-    const resources = groupRecords(records);
+    const resources = groupByResourceAndScope(records);
     return encodeRequest(() => {
       for (const [resource, scopes] of resources) writeResourceLogs(resource, scopes);
     });

@@ -470,17 +470,22 @@ function writeResourceSpans(resource: Resource, scopes: Map<Scope, ReadableSpan[
   finishGroup(group);
 }
 
-/** Spans by resource, then by scope, both by object identity and in first-seen order (the library's grouping). */
-function groupSpans(spans: ReadableSpan[]): Map<Resource, Map<Scope, ReadableSpan[]>> {
-  const resources = new Map<Resource, Map<Scope, ReadableSpan[]>>();
-  let lastResource: Resource | undefined;
-  let lastScope: Scope | undefined;
-  let lastSpans: ReadableSpan[] | undefined;
-  for (const span of spans) {
-    const resource = span.resource;
-    const scope = span.instrumentationScope;
-    if (lastSpans !== undefined && resource === lastResource && scope === lastScope) {
-      lastSpans.push(span);
+/**
+ * Items (spans, log records) by resource, then by scope, both by object
+ * identity and in first-seen order (the library's grouping).
+ */
+export function groupByResourceAndScope<T extends { readonly resource: object; readonly instrumentationScope: object }>(
+  items: T[],
+): Map<T['resource'], Map<T['instrumentationScope'], T[]>> {
+  const resources = new Map<T['resource'], Map<T['instrumentationScope'], T[]>>();
+  let lastResource: T['resource'] | undefined;
+  let lastScope: T['instrumentationScope'] | undefined;
+  let lastItems: T[] | undefined;
+  for (const item of items) {
+    const resource = item.resource;
+    const scope = item.instrumentationScope;
+    if (lastItems !== undefined && resource === lastResource && scope === lastScope) {
+      lastItems.push(item);
       continue;
     }
     let scopes = resources.get(resource);
@@ -488,19 +493,18 @@ function groupSpans(spans: ReadableSpan[]): Map<Resource, Map<Scope, ReadableSpa
       scopes = new Map();
       resources.set(resource, scopes);
     }
-    lastSpans = scopes.get(scope);
-    if (lastSpans === undefined) {
-      lastSpans = [];
-      scopes.set(scope, lastSpans);
+    lastItems = scopes.get(scope);
+    if (lastItems === undefined) {
+      lastItems = [];
+      scopes.set(scope, lastItems);
     }
-    lastSpans.push(span);
+    lastItems.push(item);
     lastResource = resource;
     lastScope = scope;
   }
   return resources;
 }
 
-/** The written bytes in a buffer of their own, without the unused group length bytes. */
 function copyOut(): Buffer {
   const out = Buffer.allocUnsafeSlow(pos - skipped);
   let from = 0;
@@ -515,18 +519,9 @@ function copyOut(): Buffer {
 }
 
 function serializeRequest(spans: ReadableSpan[]): Uint8Array {
-  pos = 0;
-  gaps.length = 0;
-  skipped = 0;
-  try {
-    for (const [resource, scopes] of groupSpans(spans)) writeResourceSpans(resource, scopes);
-    return copyOut();
-  } finally {
-    if (buf.length > RETAINED_BYTES) {
-      buf = Buffer.allocUnsafeSlow(INITIAL_BYTES);
-      view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    }
-  }
+  return encodeRequest(() => {
+    for (const [resource, scopes] of groupByResourceAndScope(spans)) writeResourceSpans(resource, scopes);
+  });
 }
 
 // For the other signals' encoders (logSerializer.ts), which write through the primitives above.
@@ -551,7 +546,7 @@ export function writeFixed32(tag: number, value: number): void {
   buf[pos++] = v >>> 24;
 }
 
-/** A request written by `write` into the scratch buffer, returned in a buffer of its own (as {@link serializeRequest} does for spans). */
+/** A request written by `write` into the scratch buffer, returned in a buffer of its own (spans' and log records' requests alike). */
 export function encodeRequest(write: () => void): Uint8Array {
   pos = 0;
   gaps.length = 0;

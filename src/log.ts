@@ -166,7 +166,7 @@ export class StdioDestination {
   write(line: string): boolean {
     if (this.lastLevel >= STDERR_FROM) this.err += line;
     else this.out += line;
-    if (this.otel !== undefined) this.emit(line);
+    if (this.otel !== undefined) this.emit(this.otel, line);
     if (this.out.length + this.err.length >= HIGH_WATER) this.flushSync();
     // Unref'd: a pending write never keeps the process alive; the exit hook writes it.
     else if (this.timer === undefined) this.timer = setTimeout(this.writeGathered, GATHER_MS).unref();
@@ -174,11 +174,11 @@ export class StdioDestination {
   }
 
   /** The line as a log record: from pino's object when it holds exactly the line (the access line), else parsed back. */
-  private emit(line: string): void {
+  private emit(otel: OtelLogger, line: string): void {
     const fields = this.lastObj;
     if (this.lastLogger === this.root && fields !== undefined && writtenAsIs(fields)) {
-      emitFields(this.otel as OtelLogger, fields, pino.levels.labels[this.lastLevel] ?? 'info', this.lastMsg);
-    } else emitLine(this.otel as OtelLogger, line);
+      emitFields(otel, fields, pino.levels.labels[this.lastLevel] ?? 'info', this.lastMsg);
+    } else emitLine(otel, line);
   }
 
   /** Hands what is gathered to the streams now. */
