@@ -63,6 +63,30 @@ export function traceFields(): Record<string, string> {
   };
 }
 
+/** The second `isoTime` last formatted, and its line prefix up to the milliseconds. */
+let isoSecond = Number.NaN;
+let isoPrefix = '';
+
+/**
+ * The line's `time` field, exactly as pino's `stdTimeFunctions.isoTime`
+ * writes it (`,"time":"2026-11-30T09:37:14.042Z"`), with the date formatted
+ * once a second rather than once a line: `toISOString()` was a third of the
+ * cost of an access line in pino (measured: 2.5-2.7 µs a line, 1.8 with this).
+ * `at` is for the tests.
+ */
+export function isoTime(at: number = Date.now()): string {
+  const second = Math.floor(at / 1000);
+  if (second !== isoSecond) {
+    const iso = new Date(second * 1000).toISOString();
+    // Years outside 0000-9999 are written with a sign and six digits: not cached.
+    if (iso.length !== 24) return `,"time":"${new Date(at).toISOString()}"`;
+    isoSecond = second;
+    isoPrefix = `,"time":"${iso.slice(0, 20)}`;
+  }
+  const ms = at - second * 1000;
+  return `${isoPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z"`;
+}
+
 const SEVERITY: Record<string, SeverityNumber> = {
   trace: SeverityNumber.TRACE,
   debug: SeverityNumber.DEBUG,
@@ -239,7 +263,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     {
       level: options.level ?? 'info',
       base: { pid: process.pid },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      timestamp: () => isoTime(),
       formatters: { level: (label) => ({ level: label }) },
       mixin: traceFields,
       redact: { paths: REDACT_PATHS, censor: REDACTED },

@@ -10,7 +10,8 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import supertest from 'supertest';
 import { createApp } from '../../src/app';
 import { accessFields, redactQuery } from '../../src/accessLog';
-import { createLogger, GATHER_MS, traceFields, type Logger } from '../../src/log';
+import pino from 'pino';
+import { createLogger, GATHER_MS, isoTime, traceFields, type Logger } from '../../src/log';
 import { waitUntil } from '../helpers/waitUntil';
 import type { LogLevel } from '../../src/config';
 
@@ -46,6 +47,26 @@ describe('the logger', () => {
     await flush();
     expect(out()).toEqual([{ level: 'info', time: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/), pid: process.pid, a: 1, msg: 'hello' }]);
     expect(err()).toEqual([expect.objectContaining({ level: 'warn', msg: 'careful' })]);
+  });
+
+  it('writes the time exactly as pino’s isoTime does, across milliseconds, seconds, clock steps back and odd years', () => {
+    const start = Date.UTC(2026, 10, 30, 23, 59, 58, 990);
+    const times = [
+      ...Array.from({ length: 2100 }, (_, i) => start + i), // ms 0, 9, 10, 99, 100, 999 and three second (and day, month) boundaries
+      start - 1000, start, start - 1, // the clock stepped back
+      0, -1, -999, -1001, Date.UTC(1999, 11, 31, 23, 59, 59, 999), Date.UTC(9999, 11, 31, 23, 59, 59, 999),
+      Date.UTC(10000, 0, 1, 0, 0, 0, 5), Date.UTC(-1, 0, 1, 0, 0, 0, 50), start + 7, // six-digit years, then back
+    ];
+    const now = jest.spyOn(Date, 'now');
+    try {
+      for (const at of times) {
+        now.mockReturnValue(at);
+        expect(isoTime()).toBe(pino.stdTimeFunctions.isoTime());
+        expect(isoTime(at)).toBe(`,"time":"${new Date(at).toISOString()}"`);
+      }
+    } finally {
+      now.mockRestore();
+    }
   });
 
   it('adds trace_id, span_id and trace_flags inside a span, and nothing outside one', async () => {
