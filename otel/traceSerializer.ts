@@ -505,6 +505,7 @@ export function groupByResourceAndScope<T extends { readonly resource: object; r
   return resources;
 }
 
+/** The written bytes in a buffer of their own, without the unused group length bytes. */
 function copyOut(): Buffer {
   const out = Buffer.allocUnsafeSlow(pos - skipped);
   let from = 0;
