@@ -223,7 +223,7 @@ function start(): void {
   const spanProcessors: SpanProcessor[] = exporters.map((exporter) => new BatchSpanProcessor({ exporter, ...settings.batch }));
   const metricReaders = createMetricReaders(settings, pm2, secrets);
   const logRecordProcessors = createLogRecordProcessors(settings, secrets);
-  const { defaultResource, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
+  const { defaultResource, detectResources, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
   // Each process writes its own series: a fresh service.instance.id, even
   // with the serviceinstance detector off (which, on, sets its own). Two
@@ -238,14 +238,28 @@ function start(): void {
   // OTEL_LOG_LEVEL is set; ours (rate-limited, redacting) must stay.
   const logLevel = process.env.OTEL_LOG_LEVEL;
   delete process.env.OTEL_LOG_LEVEL;
+  // The resource NodeSDK would detect at start, detected here so that the
+  // kit's tracer provider and NodeSDK's meter and logger providers share it.
+  const resource = defaultResource()
+    .merge(resourceFromAttributes(baseAttributes))
+    .merge(detectResources({ detectors: loadResourceDetectors(settings.resourceDetectors) }));
+  // Spans go through the kit's tracer provider (`tracer.ts`: the SDK's
+  // spans at a third of the cost), over the same processors, sampler and
+  // limits NodeSDK would use; NodeSDK gets no span processor, so builds none.
+  let tracerProvider: import('./tracer').KitTracerProvider | undefined;
+  if (spanProcessors.length > 0) {
+    const { KitTracerProvider, samplerFromEnv, spanLimitsFromEnv } = require('./tracer') as typeof import('./tracer');
+    tracerProvider = new KitTracerProvider({ resource, sampler: samplerFromEnv(process.env), spanLimits: spanLimitsFromEnv(), idGenerator: new PooledRandomIdGenerator(), spanProcessors });
+    api.trace.setGlobalTracerProvider(tracerProvider);
+    for (const instrumentation of instrumentations) instrumentation.setTracerProvider(tracerProvider);
+  }
   let sdk: InstanceType<typeof NodeSDK>;
   try {
     sdk = new NodeSDK({
-      resource: defaultResource().merge(resourceFromAttributes(baseAttributes)),
-      resourceDetectors: loadResourceDetectors(settings.resourceDetectors),
+      resource,
+      autoDetectResources: false,
       instrumentations,
-      spanProcessors,
-      idGenerator: new PooledRandomIdGenerator(),
+      spanProcessors: [],
       // Metrics and logs as settings.ts decided (none without an endpoint, so
       // nothing retries against a collector that is not there). An empty
       // list, not undefined: NodeSDK would otherwise read OTEL_LOGS_EXPORTER
@@ -299,7 +313,7 @@ function start(): void {
     // held or had in flight: the worker exits in time, and says what it lost.
     shutdown: (ms: number) => {
       monitor?.stop();
-      return (stopping ??= withTimeout(sdk.shutdown(), ms, () => {
+      return (stopping ??= withTimeout(Promise.all([sdk.shutdown(), tracerProvider?.shutdown()]), ms, () => {
         let reported = false;
         for (const exporter of [...retryingExporters, ...retryingLogExporters]) reported = exporter.abandon() > 0 || reported;
         return reported;

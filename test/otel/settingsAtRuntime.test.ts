@@ -170,6 +170,23 @@ describe('OTEL_TRACES_SAMPLER with OTEL_TRACES_SAMPLER_ARG=0.25', () => {
   });
 });
 
+test('OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT and OTEL_ATTRIBUTE_COUNT_LIMIT cut the server span\'s attributes as the SDK would', async () => {
+  const child = startServer({
+    OTEL_SERVICE_NAME: 'span-limits',
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+    OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT: '6',
+    OTEL_ATTRIBUTE_COUNT_LIMIT: '4',
+    OTEL_BSP_SCHEDULE_DELAY: '60000',
+  });
+  const port = await listeningPort(child);
+  expect((await get(port, '/items/123456789')).status).toBe(200);
+  await stopAndFlush(child);
+  const [span] = serverSpans(receiver.spans);
+  // The first four request attributes, each value cut to 6 characters; the rest dropped.
+  expect(span?.attributes).toEqual({ 'http.request.method': 'GET', 'url.scheme': 'http', 'server.address': '127.0.', 'network.peer.address': '127.0.' });
+  expect(span?.name).toBe('GET /items/:id');
+});
+
 describe('OTEL_PROPAGATORS', () => {
   const TRACE_ID = '80f198ee56343ba864fe8b2a57d3eff7';
   const PARENT = 'e457b5a2e4d86bd1';
