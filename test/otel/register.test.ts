@@ -195,11 +195,12 @@ describe('OTEL_SDK_DISABLED=true', () => {
   test('patches nothing and loads no OpenTelemetry module', async () => {
     const enabled = start(path.join(FIXTURES, 'probe.js'), {});
     await enabled.exited;
-    expect(JSON.parse(enabled.stdout())).toMatchObject({ httpPatched: true });
+    // Spans come from the kit's tracer provider (otel/tracer.ts), not NodeSDK's.
+    expect(JSON.parse(enabled.stdout())).toMatchObject({ httpPatched: true, tracerProvider: 'KitTracerProvider' });
 
     const disabled = start(path.join(FIXTURES, 'probe.js'), { OTEL_SDK_DISABLED: 'true' });
     await disabled.exited;
-    expect(JSON.parse(disabled.stdout())).toEqual({ httpPatched: false, otelModules: 0 });
+    expect(JSON.parse(disabled.stdout())).toEqual({ httpPatched: false, otelModules: 0, tracerProvider: null });
     expect(disabled.stderr()).toBe('');
   });
 
