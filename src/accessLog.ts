@@ -13,7 +13,7 @@
 import { performance } from 'node:perf_hooks';
 import { context } from '@opentelemetry/api';
 import type { Context, Next } from 'koa';
-import { REDACTED, type Logger } from './log';
+import { infoLine, REDACTED, type Logger } from './log';
 
 /** Paths without an access line: the health checks PM2 users and load balancers poll. */
 export const ACCESS_LOG_EXCLUDED: ReadonlySet<string> = new Set(['/healthz', '/readyz']);
@@ -103,7 +103,11 @@ export function accessLog(logger: Logger, excluded: ReadonlySet<string> = ACCESS
     const startedAt = performance.now();
     const active = context.active();
     ctx.res.once('close', () => {
-      context.with(active, () => logger.info(accessFields(ctx, startedAt, logger.isLevelEnabled('debug')), ACCESS_MESSAGE));
+      context.with(active, () => {
+        const fields = accessFields(ctx, startedAt, logger.isLevelEnabled('debug'));
+        // The kit's own writer, the same line for less (src/log.ts); pino for what it cannot write (headers, at debug level).
+        if (!infoLine(logger, fields as unknown as Record<string, unknown>, ACCESS_MESSAGE)) logger.info(fields, ACCESS_MESSAGE);
+      });
     });
     return next();
   };

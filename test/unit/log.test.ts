@@ -7,11 +7,12 @@ import { PassThrough, Writable } from 'node:stream';
 import { context, logs, trace, TraceFlags } from '@opentelemetry/api';
 import { InMemoryLogRecordExporter, LoggerProvider, SimpleLogRecordProcessor } from '@opentelemetry/sdk-logs';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import fc from 'fast-check';
 import supertest from 'supertest';
 import { createApp } from '../../src/app';
 import { accessFields, redactQuery } from '../../src/accessLog';
 import pino from 'pino';
-import { createLogger, GATHER_MS, isoTime, traceFields, type Logger } from '../../src/log';
+import { createLogger, GATHER_MS, infoLine, isoTime, traceFields, type Logger } from '../../src/log';
 import { waitUntil } from '../helpers/waitUntil';
 import type { LogLevel } from '../../src/config';
 
@@ -149,6 +150,83 @@ describe('log records (OTEL_LOGS_EXPORTER)', () => {
     expect(JSON.stringify(records.map((r) => r.attributes))).not.toContain('Bearer secret');
     expect(records.find((r) => r.body === 'request')?.attributes).toEqual({ method: 'GET', route: '/items/:id', status: 200, duration_ms: 0.25, aborted: true, agent: '"\\\n\u00ff' });
     expect(records.find((r) => r.body === 'child')?.attributes).toEqual({ request: 'r1', status: 201 });
+  });
+});
+
+describe('infoLine, the access line without pino\'s serializer', () => {
+  /** What a logger writes and emits for one call, at a fixed clock. */
+  function written(call: (log: Logger) => boolean | void): { line: string; records: unknown[] } {
+    let line = '';
+    const stdout = new Writable({ write: (chunk: Buffer, _encoding, callback) => ((line += chunk.toString()), callback()) });
+    const records: unknown[] = [];
+    const otel = { emit: (record: unknown) => records.push(record) };
+    const spy = jest.spyOn(logs, 'getLogger').mockReturnValue(otel as never);
+    try {
+      const log = createLogger({ stdout, stderr: stdout, emit: true });
+      expect(call(log)).not.toBe(false);
+      log.flush();
+    } finally {
+      spy.mockRestore();
+    }
+    return { line, records };
+  }
+
+  const value = fc.oneof(
+    fc.string(),
+    fc.string({ unit: 'binary', maxLength: 30 }),
+    // Lone surrogates and control characters, where pino's escaping and JSON.stringify part.
+    fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((code) => String.fromCharCode(code)), maxLength: 120 }),
+    // Around pino's 100-character switch to JSON.stringify, with a character the two escape differently.
+    fc.tuple(fc.string({ minLength: 95, maxLength: 140 }), fc.constantFrom('', '\ud800', '\udfff', '"', '\\', '\n')).map(([text, odd]) => text + odd),
+    fc.integer(),
+    fc.double(),
+    fc.constantFrom(Number.NaN, Infinity, -0, 0.1 + 0.2),
+    fc.boolean(),
+    fc.constant(undefined),
+  );
+  const fields = fc.record({
+    method: value,
+    route: value,
+    path: value,
+    query: value,
+    status: value,
+    duration_ms: value,
+    bytes: value,
+    remote_addr: value,
+    user_agent: value,
+    aborted: fc.constantFrom(true, undefined),
+    // Keys beyond the access line's, one the same as a trace field's.
+    extra: fc.dictionary(fc.constantFrom('a', 'trace_id', 'span_id', 'k"ey', 'x\\y'), value, { maxKeys: 3 }),
+  });
+
+  it('writes the bytes and the record pino writes, for any string, number and boolean, inside a span or not', () => {
+    const now = jest.spyOn(Date, 'now').mockReturnValue(Date.UTC(2026, 10, 30, 12, 0, 0, 7));
+    try {
+      fc.assert(
+        fc.property(fields, fc.boolean(), (generated, inSpan) => {
+          const { extra, ...access } = generated;
+          const line = { ...access, ...extra };
+          const run = (call: (log: Logger) => boolean | void) =>
+            inSpan ? context.with(trace.setSpanContext(context.active(), SPAN_CONTEXT), () => written(call)) : written(call);
+          const mine = run((log) => infoLine(log, line, 'request'));
+          const pinos = run((log) => log.info(line, 'request'));
+          expect(mine).toEqual(pinos);
+          expect(mine.records).toHaveLength(1);
+        }),
+        { numRuns: 1000 },
+      );
+    } finally {
+      now.mockRestore();
+    }
+  });
+
+  it('leaves to pino what only pino can write: objects (headers, redacted), and child loggers', () => {
+    const { line } = written((log) => {
+      expect(infoLine(log, { status: 200, headers: { cookie: 'c=1' } }, 'request')).toBe(false);
+      expect(infoLine(log.child({ request: 'r1' }), { status: 200 }, 'request')).toBe(false);
+      expect(infoLine(pino({}, new Writable({ write: (_chunk, _encoding, callback) => callback() })), { status: 200 }, 'request')).toBe(false);
+    });
+    expect(line).toBe('');
   });
 });
 
