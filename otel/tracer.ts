@@ -1,15 +1,18 @@
 /**
  * The kit's tracer provider: the SDK's `Tracer` and `SpanImpl`, with the same
- * spans, at a third of the cost per span.
+ * spans, at a half to a third of the cost per span.
  *
  * Why (measured, README "Performance"): through the SDK's tracer, a server
- * span and one child, recorded as the kit's instrumentations record them,
- * took 6-11 µs; through this one 2.3-2.7 µs, in the same process and run. In
- * the SDK, every attribute set on a span is checked by `isAnyValue`, which
- * allocates a `WeakSet` for each value; start attributes are cleaned twice
- * (for the sampler, then for the span); each span builds its times as
- * `[seconds, nanos]` pairs as soon as it starts and ends. A quarter of that
- * time was garbage collection.
+ * span as the kit records it took 2.4-4.0 µs, and with one child 6-11 µs;
+ * through this one 1.3-2.1 and 2.3-2.7 µs, in the same process and run. In
+ * the bench, with two spans a request (the Koa instrumentation's router span
+ * beside the server span), 95 against 107 µs a request; with the kit's one
+ * span a request, no difference beyond the noise. In the SDK, every
+ * attribute set on a span is checked by `isAnyValue`, which allocates a
+ * `WeakSet` for each value; start attributes are cleaned twice (for the
+ * sampler, then for the span); each span builds its times as `[seconds,
+ * nanos]` pairs as soon as it starts and ends. A quarter of that time was
+ * garbage collection.
  *
  * This provider produces the same spans (compared operation by operation
  * with the SDK's in `test/otel/tracer.test.ts`), and is fed to the same span
