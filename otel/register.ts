@@ -244,8 +244,9 @@ function start(): void {
     .merge(resourceFromAttributes(baseAttributes))
     .merge(detectResources({ detectors: loadResourceDetectors(settings.resourceDetectors) }));
   // Spans go through the kit's tracer provider (`tracer.ts`: the SDK's
-  // spans at a third of the cost), over the same processors, sampler and
-  // limits NodeSDK would use; NodeSDK gets no span processor, so builds none.
+  // spans at a half to a third of the cost), over the same processors,
+  // sampler and limits NodeSDK would use; NodeSDK gets no span processor, so
+  // builds none.
   let tracerProvider: import('./tracer').KitTracerProvider | undefined;
   if (spanProcessors.length > 0) {
     const { KitTracerProvider, samplerFromEnv, spanLimitsFromEnv } = require('./tracer') as typeof import('./tracer');

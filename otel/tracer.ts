@@ -409,7 +409,7 @@ class KitTracer implements Tracer {
     }
     // The SDK cleans again with the span's limits; a plain set within them comes out the same.
     let final: Attributes = attributes;
-    let dropped = plain === undefined ? (first.droppedAttributesCount ?? 0) : 0;
+    let dropped = first.droppedAttributesCount ?? 0;
     const merged = sampling.attributes === undefined ? attributes : Object.assign(attributes, sampling.attributes);
     if (plain === undefined || sampling.attributes !== undefined || !withinLimits(merged, spanLimits)) {
       const cleaned = cleanAttributes(merged, spanLimits);

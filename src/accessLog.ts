@@ -106,7 +106,7 @@ export function accessLog(logger: Logger, excluded: ReadonlySet<string> = ACCESS
       context.with(active, () => {
         const fields = accessFields(ctx, startedAt, logger.isLevelEnabled('debug'));
         // The kit's own writer, the same line for less (src/log.ts); pino for what it cannot write (headers, at debug level).
-        if (!infoLine(logger, fields as unknown as Record<string, unknown>, ACCESS_MESSAGE)) logger.info(fields, ACCESS_MESSAGE);
+        if (!infoLine(logger, fields, ACCESS_MESSAGE)) logger.info(fields, ACCESS_MESSAGE);
       });
     });
     return next();

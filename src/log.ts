@@ -182,9 +182,6 @@ const asString = Number(process.versions.node.split('.')[0]) >= 25 ? (text: stri
 /** Subscribers to pino's own tracing of its serializer, who would miss a line the kit writes itself. */
 const pinoAsJson = diagnosticsChannel.tracingChannel('pino_asJson');
 
-/** The loggers `createLogger` made, with their destination: the only ones {@link infoLine} writes for. */
-const ownLoggers = new WeakMap<Logger, StdioDestination>();
-
 /**
  * Writes `logger.info(fields, msg)`'s line, the same bytes and the same log
  * record, without pino's general serializer: for the access line, one a
@@ -198,12 +195,13 @@ const ownLoggers = new WeakMap<Logger, StdioDestination>();
  * other than a string, a number, a boolean or undefined, or someone tracing
  * pino's serializer.
  */
-export function infoLine(logger: Logger, fields: Readonly<Record<string, unknown>>, msg: string): boolean {
-  const destination = ownLoggers.get(logger);
-  if (destination === undefined || pinoAsJson.hasSubscribers) return false;
+export function infoLine(logger: Logger, fields: object, msg: string): boolean {
+  const internals = logger as unknown as { [key: symbol]: unknown };
+  // A logger createLogger made writes to its own destination, whose root it is (a child shares the destination).
+  const destination = internals[pino.symbols.streamSym];
+  if (!(destination instanceof StdioDestination) || destination.root !== logger || pinoAsJson.hasSubscribers) return false;
   // pino's default mixin merge: the trace fields, then the line's own.
   const merged: Record<string, unknown> = Object.assign(traceFields(), fields);
-  const internals = logger as unknown as { [key: symbol]: unknown };
   let line = (internals[pino.symbols.lsCacheSym] as Record<number, string>)[INFO]! + isoTime() + (internals[pino.symbols.chindingsSym] as string);
   for (const key in merged) {
     const value = merged[key];
@@ -357,7 +355,6 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     destination,
   );
   destination.root = logger;
-  ownLoggers.set(logger, destination);
   return logger;
 }
 
