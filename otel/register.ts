@@ -254,6 +254,14 @@ function start(): void {
     api.trace.setGlobalTracerProvider(tracerProvider);
     for (const instrumentation of instrumentations) instrumentation.setTracerProvider(tracerProvider);
   }
+  // Log records likewise go through the kit's logger provider (`logger.ts`:
+  // the SDK's records for less each), over the processors settings.ts asked for.
+  let loggerProvider: import('./logger').KitLoggerProvider | undefined;
+  if (logRecordProcessors.length > 0) {
+    const { KitLoggerProvider, logRecordLimitsFromEnv } = require('./logger') as typeof import('./logger');
+    loggerProvider = new KitLoggerProvider({ resource, logRecordLimits: logRecordLimitsFromEnv(), processors: logRecordProcessors });
+    api.logs.setGlobalLoggerProvider(loggerProvider);
+  }
   let sdk: InstanceType<typeof NodeSDK>;
   try {
     sdk = new NodeSDK({
@@ -261,17 +269,29 @@ function start(): void {
       autoDetectResources: false,
       instrumentations,
       spanProcessors: [],
-      // Metrics and logs as settings.ts decided (none without an endpoint, so
-      // nothing retries against a collector that is not there). An empty
-      // list, not undefined: NodeSDK would otherwise read OTEL_LOGS_EXPORTER
-      // itself and default to otlp.
+      // Metrics as settings.ts decided (none without an endpoint, so nothing
+      // retries against a collector that is not there).
       metricReaders,
-      logRecordProcessors,
+      // No log record processors: an empty list, not undefined, where the
+      // kit exports none (NodeSDK would otherwise read OTEL_LOGS_EXPORTER
+      // itself and default to otlp); undefined where the kit's provider
+      // exports them, with OTEL_LOGS_EXPORTER read as none while NodeSDK
+      // starts, so that it registers no provider of its own.
+      logRecordProcessors: loggerProvider === undefined ? [] : undefined,
     });
   } finally {
     if (logLevel !== undefined) process.env.OTEL_LOG_LEVEL = logLevel;
   }
-  sdk.start();
+  const logsExporter = process.env.OTEL_LOGS_EXPORTER;
+  if (loggerProvider !== undefined) process.env.OTEL_LOGS_EXPORTER = 'none';
+  try {
+    sdk.start();
+  } finally {
+    if (loggerProvider !== undefined) {
+      if (logsExporter === undefined) delete process.env.OTEL_LOGS_EXPORTER;
+      else process.env.OTEL_LOGS_EXPORTER = logsExporter;
+    }
+  }
   if (metricReaders.length > 0) {
     const { observeExporters, exporterType } = require('./metrics') as typeof import('./metrics');
     const meter = api.metrics.getMeter('koa-pm2-otel');
@@ -314,7 +334,7 @@ function start(): void {
     // held or had in flight: the worker exits in time, and says what it lost.
     shutdown: (ms: number) => {
       monitor?.stop();
-      return (stopping ??= withTimeout(Promise.all([sdk.shutdown(), tracerProvider?.shutdown()]), ms, () => {
+      return (stopping ??= withTimeout(Promise.all([sdk.shutdown(), tracerProvider?.shutdown(), loggerProvider?.shutdown()]), ms, () => {
         let reported = false;
         for (const exporter of [...retryingExporters, ...retryingLogExporters]) reported = exporter.abandon() > 0 || reported;
         return reported;

@@ -197,10 +197,15 @@ describe('OTEL_SDK_DISABLED=true', () => {
     await enabled.exited;
     // Spans come from the kit's tracer provider (otel/tracer.ts), not NodeSDK's.
     expect(JSON.parse(enabled.stdout())).toMatchObject({ httpPatched: true, tracerProvider: 'KitTracerProvider' });
+    // Log records, when exported, come from the kit's logger provider (otel/logger.ts), and NodeSDK registers none beside it.
+    const logging = start(path.join(FIXTURES, 'probe.js'), { OTEL_LOGS_EXPORTER: 'console' });
+    await logging.exited;
+    expect(JSON.parse(logging.stdout())).toMatchObject({ loggerProvider: 'KitLoggerProvider', logsExporter: 'console' });
+    expect(logging.stderr()).toBe('');
 
     const disabled = start(path.join(FIXTURES, 'probe.js'), { OTEL_SDK_DISABLED: 'true' });
     await disabled.exited;
-    expect(JSON.parse(disabled.stdout())).toEqual({ httpPatched: false, otelModules: 0, tracerProvider: null });
+    expect(JSON.parse(disabled.stdout())).toEqual({ httpPatched: false, otelModules: 0, tracerProvider: null, loggerProvider: null, logsExporter: null });
     expect(disabled.stderr()).toBe('');
   });
 

@@ -4,12 +4,13 @@
  * the same diagnostics, whatever the values, limits and sampler.
  */
 import fc from 'fast-check';
-import { DiagLogLevel, ROOT_CONTEXT, SamplingDecision, SpanKind, SpanStatusCode, TraceFlags, context, diag, trace, type Attributes, type Context, type HrTime, type Link, type Span, type SpanContext, type TimeInput } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SamplingDecision, SpanKind, SpanStatusCode, TraceFlags, context, trace, type Attributes, type Context, type Link, type Span, type SpanContext, type TimeInput } from '@opentelemetry/api';
 import { TraceState, suppressTracing } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { AlwaysOffSampler, AlwaysOnSampler, InMemorySpanExporter, ParentBasedSampler, SimpleSpanProcessor, TraceIdRatioBasedSampler, TracerProvider, type IdGenerator, type ReadableSpan, type Sampler, type SpanLimits, type SpanProcessor } from '@opentelemetry/sdk-trace';
 import { KitTracerProvider, resolveSpanLimits, samplerFromEnv, spanLimitsFromEnv } from '../../otel/tracer';
-import { anyValue, attributes, hexId, optional, text } from '../helpers/protobufFixtures';
+import { hexId, optional, text } from '../helpers/protobufFixtures';
+import { clockTime, collectDiagnostics, diagnostics, exception, key, limit, settleClockTimes, someAttributes, timeInput, value } from '../helpers/sdkComparison';
 
 const REMOTE: SpanContext = { traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7', traceFlags: TraceFlags.SAMPLED, isRemote: true, traceState: new TraceState('vendor=a') };
 
@@ -24,14 +25,7 @@ class CountingIds implements IdGenerator {
   }
 }
 
-/** Diagnostics as the SDK logs them: level and message (an `Error` argument's stack differs by caller). */
-const diagnostics: string[] = [];
-beforeAll(() => {
-  const record = (level: string) => (message: string, ...args: unknown[]) =>
-    diagnostics.push(`${level} ${message} ${args.map((arg) => (arg instanceof Error ? `Error(${arg.message})` : Array.isArray(arg) ? 'a time' : JSON.stringify(arg))).join(' ')}`);
-  diag.setLogger({ error: record('error'), warn: record('warn'), info: record('info'), debug: record('debug'), verbose: record('verbose') }, { logLevel: DiagLogLevel.ALL, suppressOverrideMessage: true });
-});
-afterAll(() => diag.disable());
+collectDiagnostics();
 
 type Op =
   | { op: 'setAttribute'; key: string; value: unknown }
@@ -80,27 +74,9 @@ function sampler(name: Case['sampler']): Sampler {
   }
 }
 
-/** Absolute times (an epoch in ms, a Date, an HrTime) and times relative to `performance.now()`. */
-const timeInput: fc.Arbitrary<TimeInput> = fc.oneof(
-  fc.integer({ min: 1_600_000_000_000, max: 1_900_000_000_000 }),
-  fc.integer({ min: 1_600_000_000_000, max: 1_900_000_000_000 }).map((ms) => new Date(ms)),
-  fc.tuple(fc.integer({ min: 1_600_000_000, max: 1_900_000_000 }), fc.integer({ min: 0, max: 999_999_999 })) as fc.Arbitrary<HrTime>,
-  fc.double({ min: 0, max: 1, noNaN: true }),
-);
-/** Mostly plain values (the common case the kit stores directly), sometimes anything. */
-const value = fc.oneof({ weight: 4, arbitrary: fc.oneof(text, fc.integer(), fc.double(), fc.boolean()) }, { weight: 2, arbitrary: anyValue }, { weight: 1, arbitrary: fc.constantFrom(undefined, null, Symbol('s'), () => 1, 10n, new Date(0)) });
-const key = fc.oneof({ weight: 6, arbitrary: fc.constantFrom('a', 'b', 'c', 'http.route', 'url.path') }, { weight: 2, arbitrary: text });
-const plainAttributes = fc.dictionary(key, value, { maxKeys: 6 }) as fc.Arbitrary<Attributes>;
-const someAttributes = fc.oneof(plainAttributes, attributes);
 const link: fc.Arbitrary<Link> = fc.record(
   { context: fc.record({ traceId: hexId(32), spanId: hexId(16), traceFlags: fc.constantFrom(0, 1) }), attributes: optional(someAttributes) },
   { requiredKeys: ['context'] },
-);
-const limit = fc.oneof({ weight: 3, arbitrary: fc.constant(undefined) }, { weight: 2, arbitrary: fc.nat({ max: 4 }) }, { weight: 1, arbitrary: fc.constantFrom(-1, Infinity) });
-const exception = fc.oneof(
-  text,
-  fc.record({ name: optional(text), message: optional(text), stack: optional(text), code: optional(fc.oneof(text, fc.integer())) }),
-  fc.constantFrom(undefined, null, 0, ''),
 );
 const op: fc.Arbitrary<Op> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ op: fc.constant('setAttribute' as const), key, value }) },
@@ -212,29 +188,6 @@ function apply(span: Span, step: Op): void {
     case 'end':
       span.end(step.time);
       break;
-  }
-}
-
-/** Times implied by the clock (no explicit start, or a time relative to `performance.now()`) differ by the moments the two runs took. */
-class ClockTime {
-  constructor(readonly ms: number) {}
-}
-
-function clockTime(time: HrTime, exact: boolean): unknown {
-  return exact ? time : new ClockTime(time[0] * 1e3 + time[1] / 1e6);
-}
-
-/** Replaces the clock times of two views by one marker when they are within 100 ms of each other. */
-function settleClockTimes(a: unknown, b: unknown): void {
-  if (typeof a !== 'object' || a === null || typeof b !== 'object' || b === null) return;
-  for (const key of Object.keys(a)) {
-    const x = (a as Record<string, unknown>)[key];
-    const y = (b as Record<string, unknown>)[key];
-    if (x instanceof ClockTime && y instanceof ClockTime) {
-      if (Math.abs(x.ms - y.ms) <= 100) (a as Record<string, unknown>)[key] = (b as Record<string, unknown>)[key] = 'clock';
-    } else {
-      settleClockTimes(x, y);
-    }
   }
 }
 
