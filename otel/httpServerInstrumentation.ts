@@ -38,6 +38,7 @@ import { INVALID_SPAN_CONTEXT, ROOT_CONTEXT, SpanKind, SpanStatusCode, context, 
 import { RPCType, getRPCMetadata, setRPCMetadata, suppressTracing, type RPCMetadata } from '@opentelemetry/core';
 import { InstrumentationBase, InstrumentationNodeModuleDefinition, isWrapped, type InstrumentationConfig } from '@opentelemetry/instrumentation';
 import forwardedParse from 'forwarded-parse';
+import { DurationHistogram } from './durationHistogram';
 
 export interface HttpServerInstrumentationConfig extends InstrumentationConfig {
   /** Request paths (without query) that produce no span. */
@@ -243,6 +244,7 @@ function requestContext(parent: Context, span: Span, rpc: RPCMetadata): Context 
 
 /** Semantic conventions' recommended boundaries for `http.server.request.duration`, in seconds. */
 export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
+const DURATION = { name: 'http.server.request.duration', unit: 's', description: 'Duration of HTTP server requests.' };
 
 /**
  * The stable HTTP server metrics, by the semantic conventions:
@@ -262,7 +264,12 @@ class ServerMetrics {
   /** Totals since start, for PM2's monitor (see pm2Monitor.ts). */
   readonly totals = { requests: 0, seconds: 0 };
 
-  constructor(private readonly duration: Histogram, meter: Meter) {
+  constructor(
+    private readonly duration: Histogram,
+    meter: Meter,
+    /** The kit's aggregation of the same histogram (durationHistogram.ts), used in place of `duration` when enabled. */
+    private readonly durations: DurationHistogram | undefined,
+  ) {
     meter
       .createObservableUpDownCounter('http.server.active_requests', {
         unit: '{request}',
@@ -287,13 +294,18 @@ class ServerMetrics {
 
   end(slot: { count: number }, startedAt: number, method: string, component: Component, status: number, route: string | undefined, errorType: string | undefined): void {
     slot.count -= 1;
-    const attributes: Attributes = { 'http.request.method': method, 'url.scheme': component, 'http.response.status_code': status };
-    if (route) attributes['http.route'] = route;
-    if (status >= 500) attributes['error.type'] = String(status);
-    else if (errorType !== undefined) attributes['error.type'] = errorType;
+    const error = status >= 500 ? String(status) : errorType;
     const seconds = (performance.now() - startedAt) / 1000;
     this.totals.requests += 1;
     this.totals.seconds += seconds;
+    const durations = this.durations;
+    if (durations?.enabled === true) {
+      durations.record(seconds, method, component, status, route, error);
+      return;
+    }
+    const attributes: Attributes = { 'http.request.method': method, 'url.scheme': component, 'http.response.status_code': status };
+    if (route) attributes['http.route'] = route;
+    if (error !== undefined) attributes['error.type'] = error;
     this.duration.record(seconds, attributes);
   }
 
@@ -314,8 +326,17 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
   /** Set once a real MeterProvider is given (NodeSDK does it at start), if metrics are on. */
   declare private serverMetrics: ServerMetrics | undefined;
 
+  /**
+   * The kit's aggregation of `http.server.request.duration` (see
+   * durationHistogram.ts), with metrics on: the preload gives each metric
+   * reader a producer of it, and enables it where every reader takes the
+   * default aggregation.
+   */
+  readonly durations: DurationHistogram | undefined;
+
   constructor(config: HttpServerInstrumentationConfig = {}) {
     super('koa-pm2-otel/http-server', '1.0.0', config);
+    this.durations = config.metrics === true ? new DurationHistogram({ name: this.instrumentationName, version: this.instrumentationVersion, schemaUrl: undefined }, { ...DURATION, boundaries: DURATION_BUCKETS }) : undefined;
   }
 
   /** Requests answered and their total duration since start, and requests in flight; undefined with metrics off. */
@@ -326,12 +347,8 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
 
   protected override _updateMetricInstruments(): void {
     if (this.getConfig().metrics !== true) return;
-    const duration = this.meter.createHistogram('http.server.request.duration', {
-      unit: 's',
-      description: 'Duration of HTTP server requests.',
-      advice: { explicitBucketBoundaries: DURATION_BUCKETS },
-    });
-    this.serverMetrics = new ServerMetrics(duration, this.meter);
+    const duration = this.meter.createHistogram(DURATION.name, { unit: DURATION.unit, description: DURATION.description, advice: { explicitBucketBoundaries: DURATION_BUCKETS } });
+    this.serverMetrics = new ServerMetrics(duration, this.meter, this.durations);
   }
 
   protected init(): InstrumentationNodeModuleDefinition[] {

@@ -14,7 +14,8 @@
  */
 import type { Attributes, Meter } from '@opentelemetry/api';
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
-import type { AggregationOption, AggregationTemporality, InstrumentType, MetricReader, PushMetricExporter, ResourceMetrics } from '@opentelemetry/sdk-metrics';
+import type { AggregationOption, AggregationTemporality, InstrumentType, MetricProducer, MetricReader, PushMetricExporter, ResourceMetrics } from '@opentelemetry/sdk-metrics';
+import type { DurationHistogram } from './durationHistogram';
 import type { ExportStats } from './retryingExporter';
 import type { MetricsSettings, OtlpProtocol } from './settings';
 
@@ -105,9 +106,14 @@ export class ReportingMetricExporter implements PushMetricExporter {
 
 const TEMPORALITY = { delta: 0, cumulative: 1, lowmemory: 2 } as const;
 
-/** The library's OTLP metric exporter for the protocol; it reads headers, compression and timeout from the standard variables. */
-export function createOtlpMetricExporter(protocol: OtlpProtocol, url: string, temporality: MetricsSettings['temporality']): PushMetricExporter {
-  const config = { url, temporalityPreference: TEMPORALITY[temporality] };
+/**
+ * The library's OTLP metric exporter for the protocol; it reads headers,
+ * compression and timeout from the standard variables, and takes the
+ * temporality and histogram aggregation the settings read (the library does
+ * not read OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION).
+ */
+export function createOtlpMetricExporter(protocol: OtlpProtocol, url: string, temporality: MetricsSettings['temporality'], histograms: MetricsSettings['histogramAggregation'] = 'explicit_bucket_histogram'): PushMetricExporter {
+  const config = { url, temporalityPreference: TEMPORALITY[temporality], aggregationPreference: histograms === 'explicit_bucket_histogram' ? undefined : exponentialHistograms() };
   switch (protocol) {
     case 'grpc': {
       const { OTLPMetricExporter } = require('@opentelemetry/exporter-metrics-otlp-grpc') as typeof import('@opentelemetry/exporter-metrics-otlp-grpc');
@@ -124,27 +130,59 @@ export function createOtlpMetricExporter(protocol: OtlpProtocol, url: string, te
   }
 }
 
+/** An aggregation selector: histograms as base-2 exponential histograms, the rest by default. */
+function exponentialHistograms(): (type: InstrumentType) => AggregationOption {
+  const { AggregationType } = require('@opentelemetry/sdk-metrics') as typeof import('@opentelemetry/sdk-metrics');
+  return (type) => (type === HISTOGRAM ? { type: AggregationType.EXPONENTIAL_HISTOGRAM } : { type: AggregationType.DEFAULT });
+}
+
 /**
  * The readers for `OTEL_METRICS_EXPORTER`, except `prometheus`, which
  * `register.ts` asks `prometheus.ts` for.
  */
-export function createPushReaders(settings: MetricsSettings, report: Report): MetricReader[] {
+export function createPushReaders(settings: MetricsSettings, report: Report, durations?: DurationHistogram): MetricReader[] {
   const { PeriodicExportingMetricReader, ConsoleMetricExporter } = require('@opentelemetry/sdk-metrics') as typeof import('@opentelemetry/sdk-metrics');
   const timing = { exportIntervalMillis: settings.exportIntervalMillis, exportTimeoutMillis: settings.exportTimeoutMillis };
   const readers: MetricReader[] = [];
   for (const name of settings.exporters) {
+    let exporter: PushMetricExporter | undefined;
     if (name === 'console') {
-      readers.push(new PeriodicExportingMetricReader({ exporter: new ConsoleMetricExporter(), ...timing }));
+      exporter = new ConsoleMetricExporter();
     } else if (name === 'otlp') {
       const otlp = settings.otlp;
       if (otlp === undefined) throw new Error('OTLP metrics settings missing');
-      const make = (): PushMetricExporter => createOtlpMetricExporter(otlp.protocol, otlp.url, settings.temporality);
-      const exporter = new ReportingMetricExporter(make(), { target: describeTarget(otlp.url), report, renew: make });
-      readers.push(new PeriodicExportingMetricReader({ exporter, ...timing }));
+      const make = (): PushMetricExporter => createOtlpMetricExporter(otlp.protocol, otlp.url, settings.temporality, settings.histogramAggregation);
+      exporter = new ReportingMetricExporter(make(), { target: describeTarget(otlp.url), report, renew: make });
     }
+    if (exporter !== undefined) readers.push(withDurations(durations, (metricProducers) => new PeriodicExportingMetricReader({ exporter, ...timing, metricProducers })));
   }
   return readers;
 }
+
+/**
+ * A reader made by `make` with a producer of the kit's duration histogram
+ * (see durationHistogram.ts), which follows the reader's temporality.
+ */
+export function withDurations<R extends MetricReader>(durations: DurationHistogram | undefined, make: (metricProducers: MetricProducer[]) => R): R {
+  if (durations === undefined) return make([]);
+  // Read at the reader's first collection, once it exists.
+  const reader: R = make([durations.producer(() => reader.selectAggregationTemporality(HISTOGRAM))]);
+  return reader;
+}
+
+/**
+ * Lets the kit aggregate the duration histogram where every reader would
+ * aggregate it as the SDK does by default (explicit buckets from the
+ * instrument's advice); a reader asking for another aggregation (an
+ * exponential histogram) leaves it to the SDK's histogram.
+ */
+export function enableDurations(durations: DurationHistogram, readers: readonly MetricReader[]): void {
+  const { AggregationType } = require('@opentelemetry/sdk-metrics') as typeof import('@opentelemetry/sdk-metrics');
+  durations.enabled = readers.length > 0 && readers.every((reader) => reader.selectAggregation(HISTOGRAM).type === AggregationType.DEFAULT);
+}
+
+/** `InstrumentType.HISTOGRAM`, without loading the SDK for a type. */
+const HISTOGRAM = 'HISTOGRAM' as InstrumentType;
 
 /** An exporter whose counts the health instruments observe, and what to call it. */
 export interface ExporterHealth {

@@ -60,7 +60,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { diag } from '@opentelemetry/api';
-import { MetricReader } from '@opentelemetry/sdk-metrics';
+import { MetricReader, type MetricProducer } from '@opentelemetry/sdk-metrics';
 import { CONTENT_TYPE, createWorkerSerializer, distinctWorkerIds, mergeExpositions, type WorkerExposition, type WorkerSerializer, WORKER_LABEL } from './prometheusExposition';
 
 export interface PrometheusReaderOptions {
@@ -74,6 +74,8 @@ export interface PrometheusReaderOptions {
   readonly workerTimeoutMs?: number;
   /** Where its few log lines go (the preload's writer); the SDK's diag logger by default. */
   readonly report?: (level: 'info' | 'warn' | 'error', message: string) => void;
+  /** Metrics aggregated outside the SDK that this reader collects too (the kit's duration histogram). */
+  readonly metricProducers?: MetricProducer[];
 }
 
 /** A registered worker, as written in `<pid>.json`. */
@@ -232,7 +234,7 @@ export class ClusterPrometheusReader extends MetricReader {
   };
 
   constructor(options: PrometheusReaderOptions) {
-    super();
+    super({ metricProducers: options.metricProducers });
     this.host = options.host;
     this.port = options.port;
     this.dir = options.registryDir ?? defaultRegistryDir(options.port);

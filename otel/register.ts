@@ -28,7 +28,8 @@
 import module from 'node:module';
 import { randomUUID } from 'node:crypto';
 import type { LogRecordProcessor, ReadableLogRecord } from '@opentelemetry/sdk-logs';
-import type { MetricReader } from '@opentelemetry/sdk-metrics';
+import type { MetricProducer, MetricReader } from '@opentelemetry/sdk-metrics';
+import type { DurationHistogram } from './durationHistogram';
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { maskSecrets, RateLimitedDiagLogger, writeLine } from './diagLogger';
 import { PooledRandomIdGenerator } from './idGenerator';
@@ -143,27 +144,33 @@ function createOtlpExporter(otlp: NonNullable<TelemetrySettings['otlp']>): SpanE
 
 /** What the prometheus endpoint module (`prometheus.ts`) offers, when the build has it. */
 interface PrometheusModule {
-  createPrometheusReader(options: { host: string; port: number; pm2: Pm2Process | undefined; report: (level: 'info' | 'warn' | 'error', message: string) => void }): MetricReader;
+  createPrometheusReader(options: { host: string; port: number; pm2: Pm2Process | undefined; report: (level: 'info' | 'warn' | 'error', message: string) => void; metricProducers: MetricProducer[] }): MetricReader;
 }
 
-/** The metric readers `OTEL_METRICS_EXPORTER` asks for. */
-function createMetricReaders(settings: TelemetrySettings, pm2: Pm2Process | undefined, secrets: readonly string[]): MetricReader[] {
+/**
+ * The metric readers `OTEL_METRICS_EXPORTER` asks for, each with a producer
+ * of the server's duration histogram, which the kit aggregates where every
+ * reader takes the SDK's default aggregation for histograms (see
+ * durationHistogram.ts); the SDK's histogram records it otherwise.
+ */
+function createMetricReaders(settings: TelemetrySettings, pm2: Pm2Process | undefined, secrets: readonly string[], durations: DurationHistogram | undefined): MetricReader[] {
   const metrics = settings.metrics;
   if (metrics.exporters.length === 0) return [];
   const report = (level: 'info' | 'warn' | 'error', message: string): void => writeLine(level, maskSecrets(message, secrets));
-  const { createPushReaders } = require('./metrics') as typeof import('./metrics');
-  const readers = createPushReaders(metrics, report);
+  const { createPushReaders, enableDurations, withDurations } = require('./metrics') as typeof import('./metrics');
+  const readers = createPushReaders(metrics, report, durations);
   if (metrics.exporters.includes('prometheus')) {
     // One exporter failing must not take the others (or the traces) with it.
     try {
       const prometheus = require('./prometheus') as PrometheusModule;
-      readers.push(prometheus.createPrometheusReader({ ...metrics.prometheus, pm2, report }));
+      readers.push(withDurations(durations, (metricProducers) => prometheus.createPrometheusReader({ ...metrics.prometheus, pm2, report, metricProducers })));
     } catch (error) {
       const missing = (error as { code?: unknown }).code === 'MODULE_NOT_FOUND' && String((error as Error).message).includes('prometheus');
       const reason = missing ? 'is not available in this build' : `failed to start: ${error instanceof Error ? error.message : String(error)}`;
       report('warn', `OTEL_METRICS_EXPORTER: the prometheus exporter ${reason}; the other exporters listed still run`);
     }
   }
+  if (durations !== undefined) enableDurations(durations, readers);
   return readers;
 }
 
@@ -221,7 +228,9 @@ function start(): void {
   const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
   const exporters = settings.exporters.map((name) => createExporter(name, settings, secrets));
   const spanProcessors: SpanProcessor[] = exporters.map((exporter) => new BatchSpanProcessor({ exporter, ...settings.batch }));
-  const metricReaders = createMetricReaders(settings, pm2, secrets);
+  const { HttpServerInstrumentation } = require('./httpServerInstrumentation') as typeof import('./httpServerInstrumentation');
+  const server = instrumentations.find((instrumentation) => instrumentation instanceof HttpServerInstrumentation);
+  const metricReaders = createMetricReaders(settings, pm2, secrets, server?.durations);
   const logRecordProcessors = createLogRecordProcessors(settings, secrets);
   const { defaultResource, detectResources, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
@@ -312,8 +321,6 @@ function start(): void {
   let monitor: { stop(): void } | undefined;
   if (metricReaders.length > 0 && pm2 !== undefined && typeof process.send === 'function') {
     const { Pm2Monitor } = require('./pm2Monitor') as typeof import('./pm2Monitor');
-    const { HttpServerInstrumentation } = require('./httpServerInstrumentation') as typeof import('./httpServerInstrumentation');
-    const server = instrumentations.find((instrumentation) => instrumentation instanceof HttpServerInstrumentation);
     monitor = new Pm2Monitor(
       (message) => {
         // A send on a closed channel would emit 'error' on process: ask for a callback instead.

@@ -15,6 +15,7 @@ export type MetricExporterName = 'otlp' | 'prometheus' | 'console';
 export type LogExporterName = 'otlp' | 'console';
 export type Signal = 'TRACES' | 'METRICS' | 'LOGS';
 export type TemporalityPreference = 'cumulative' | 'delta' | 'lowmemory';
+export type HistogramAggregation = 'explicit_bucket_histogram' | 'base2_exponential_bucket_histogram';
 
 export interface OtlpSettings {
   readonly protocol: OtlpProtocol;
@@ -31,6 +32,8 @@ export interface MetricsSettings {
   readonly exporters: readonly MetricExporterName[];
   readonly otlp: OtlpSettings | undefined;
   readonly temporality: TemporalityPreference;
+  /** How the OTLP exporter asks for histograms (OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION). */
+  readonly histogramAggregation: HistogramAggregation;
   readonly exportIntervalMillis: number;
   readonly exportTimeoutMillis: number;
   /** Where the Prometheus endpoint listens, when `prometheus` is listed. */
@@ -94,6 +97,7 @@ const SAMPLERS = [
 const PROPAGATORS = ['tracecontext', 'baggage', 'b3', 'b3multi', 'none'];
 const LOG_LEVELS = ['none', 'error', 'warn', 'info', 'debug', 'verbose', 'all'] as const;
 const TEMPORALITIES = ['cumulative', 'delta', 'lowmemory'] as const;
+const HISTOGRAM_AGGREGATIONS = ['explicit_bucket_histogram', 'base2_exponential_bucket_histogram'] as const;
 
 function text(env: Env, name: string): string | undefined {
   const value = env[name]?.trim();
@@ -301,6 +305,11 @@ function metricsSettings(env: Env): MetricsSettings {
     text(env, 'OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE')?.toLowerCase() ?? 'cumulative',
     TEMPORALITIES,
   );
+  const histogramAggregation = oneOf(
+    'OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION',
+    text(env, 'OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION')?.toLowerCase() ?? 'explicit_bucket_histogram',
+    HISTOGRAM_AGGREGATIONS,
+  );
   const exportIntervalMillis = positive(env, 'OTEL_METRIC_EXPORT_INTERVAL', 60000);
   const timeoutSet = text(env, 'OTEL_METRIC_EXPORT_TIMEOUT') !== undefined;
   let exportTimeoutMillis = positive(env, 'OTEL_METRIC_EXPORT_TIMEOUT', 30000);
@@ -322,6 +331,7 @@ function metricsSettings(env: Env): MetricsSettings {
     exporters,
     otlp: exporters.includes('otlp') ? otlpSettings(env, 'METRICS') : undefined,
     temporality,
+    histogramAggregation,
     exportIntervalMillis,
     exportTimeoutMillis,
     prometheus: { host, port: rawPort === undefined ? 9464 : Number(rawPort) },
@@ -333,6 +343,7 @@ const NO_METRICS: MetricsSettings = {
   exporters: [],
   otlp: undefined,
   temporality: 'cumulative',
+  histogramAggregation: 'explicit_bucket_histogram',
   exportIntervalMillis: 60000,
   exportTimeoutMillis: 30000,
   prometheus: { host: 'localhost', port: 9464 },

@@ -151,6 +151,30 @@ describe('OTLP metrics', () => {
     expect(child.stdout() + child.stderr()).not.toContain(SECRET);
   });
 
+  test('the server histogram follows the exporter\'s temporality and histogram aggregation, as the SDK\'s would', async () => {
+    const child = startServer({
+      OTEL_SERVICE_NAME: 'metrics-aggregation',
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,
+      OTEL_METRIC_EXPORT_INTERVAL: '60000',
+      OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'delta',
+      OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION: 'base2_exponential_bucket_histogram',
+    });
+    const port = await listeningPort(child);
+    for (const id of [1, 2]) expect((await get(port, `/items/${id}`)).status).toBe(200);
+    child.process.kill('SIGINT');
+    expect(await child.exited).toEqual({ code: 0, signal: null });
+    const duration = of(receiver.metrics, child.process.pid, 'http.server.request.duration');
+    // The kit's own aggregation gives explicit buckets only: the exporter asked for exponential ones, so the SDK's histogram made these.
+    expect(duration.map((p) => [p.type, p.temporality, p.count, p.attributes['http.route']])).toEqual([['exponential_histogram', 1, 2, '/items/:id']]);
+
+    const explicit = startServer({ OTEL_SERVICE_NAME: 'metrics-delta', OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl, OTEL_METRIC_EXPORT_INTERVAL: '60000', OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'delta' });
+    const explicitPort = await listeningPort(explicit);
+    for (const id of [1, 2, 3]) expect((await get(explicitPort, `/items/${id}`)).status).toBe(200);
+    explicit.process.kill('SIGINT');
+    expect(await explicit.exited).toEqual({ code: 0, signal: null });
+    expect(of(receiver.metrics, explicit.process.pid, 'http.server.request.duration').map((p) => [p.type, p.temporality, p.count, p.explicitBounds])).toEqual([['histogram', 1, 3, BUCKETS]]);
+  });
+
   test('outgoing calls give http.client.request.duration', async () => {
     const child = start(path.join(FIXTURES, 'outgoing.js'), {
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl,

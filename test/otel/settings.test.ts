@@ -32,6 +32,7 @@ describe('readSettings', () => {
         exporters: [],
         otlp: undefined,
         temporality: 'cumulative',
+        histogramAggregation: 'explicit_bucket_histogram',
         exportIntervalMillis: 60000,
         exportTimeoutMillis: 30000,
         prometheus: { host: 'localhost', port: 9464 },
@@ -338,6 +339,11 @@ describe('readSettings', () => {
         'OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: unknown value "sometimes", expected one of cumulative, delta, lowmemory',
       ],
       [
+        'an unknown histogram aggregation',
+        { OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION: 'exponential' },
+        'OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION: unknown value "exponential", expected one of explicit_bucket_histogram, base2_exponential_bucket_histogram',
+      ],
+      [
         'an export interval that is not a positive integer',
         { OTEL_METRIC_EXPORT_INTERVAL: '0' },
         'OTEL_METRIC_EXPORT_INTERVAL must be a positive integer (milliseconds), got "0"',
@@ -501,6 +507,7 @@ describe('readSettings: metrics', () => {
     const settings = readSettings({
       OTEL_METRICS_EXPORTER: ' prometheus , console,prometheus',
       OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'Delta',
+      OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION: 'Base2_Exponential_Bucket_Histogram',
       OTEL_METRIC_EXPORT_INTERVAL: '10000',
       OTEL_METRIC_EXPORT_TIMEOUT: '5000',
       OTEL_EXPORTER_PROMETHEUS_HOST: '0.0.0.0',
@@ -510,6 +517,7 @@ describe('readSettings: metrics', () => {
       exporters: ['prometheus', 'console'],
       otlp: undefined,
       temporality: 'delta',
+      histogramAggregation: 'base2_exponential_bucket_histogram',
       exportIntervalMillis: 10000,
       exportTimeoutMillis: 5000,
       prometheus: { host: '0.0.0.0', port: 9100 },
