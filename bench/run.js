@@ -198,8 +198,19 @@ function markdown(opts, host, load, notes, tables) {
   ].join('\n');
 }
 
+/** Refuses a Node outside the kit's `engines` range: its figures would not be the kit's on its runtime. */
+function checkNode() {
+  const range = require(path.join(ROOT, 'package.json')).engines?.node ?? '';
+  const wanted = /^>=\s*(\d+)(?:\.(\d+))?/.exec(range);
+  if (wanted === null) return;
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  const [needMajor, needMinor] = [Number(wanted[1]), Number(wanted[2] ?? 0)];
+  if (major < needMajor || (major === needMajor && minor < needMinor)) throw new Error(`Node ${process.version} is outside the kit's engines range (${range}): run the bench with the Node the kit runs on (see .ci/run)`);
+}
+
 async function main() {
   const opts = options();
+  checkNode();
   if (!fs.existsSync(path.join(ROOT, 'dist', 'otel', 'register.js'))) throw new Error('dist/ is missing: run `npm run build` (npm run bench does)');
   cleanupOnSignals();
   const host = machine();

@@ -240,6 +240,8 @@ async function calibrate(sink, port, spansBefore, requestsSoFar) {
   // Every worker's batch timer was armed by now: all these spans arrive within the delay.
   const notBefore = Date.now() + BSP_SCHEDULE_DELAY_MS + 500;
   const stats = await sink.waitQuiet({ atLeast: spansBefore + 1, notBefore, quietMs: 500, maxMs: 20_000 });
+  // A traced config that sends nothing is not measured: its figures would be an untraced app's.
+  if (stats.spans === spansBefore) throw new Error(`no span reached the sink after ${requests} requests one by one: this config does not trace here (Node ${process.version}; for a peer, check the Node versions it supports), so it is not measured`);
   return { requests, expected: (stats.spans - spansBefore) / requests };
 }
 
