@@ -30,9 +30,10 @@
  */
 import { context, createNoopLogger, diag, isSpanContextValid, trace } from '@opentelemetry/api';
 import type { AnyValue, Attributes, Context, HrTime, Logger, LoggerOptions, LoggerProvider, LogRecord, SeverityNumber, SpanContext } from '@opentelemetry/api';
-import { AddAttributeDecision, BindOnceFuture, callWithTimeout, cleanSimpleAttributes, maybeAddAttribute, timeInputToHrTime, type InstrumentationScope } from '@opentelemetry/core';
+import { BindOnceFuture, callWithTimeout, cleanSimpleAttributes, timeInputToHrTime, type InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { LogRecordLimits, LogRecordProcessor, ReadWriteLogRecord } from '@opentelemetry/sdk-logs';
+import { setAttributeAsSdk } from './attributes';
 
 export type ResolvedLogRecordLimits = Required<LogRecordLimits>;
 
@@ -74,8 +75,9 @@ class KitLogRecord implements ReadWriteLogRecord {
   private severityNumberValue: SeverityNumber | undefined;
   private bodyValue: AnyValue | undefined;
   private eventNameValue: string | undefined;
-  private attributesCount = 0;
-  private droppedAttributes = 0;
+  /** The SDK's counts, kept by `setAttributeAsSdk`. */
+  attributesCount = 0;
+  droppedAttributes = 0;
   private readonly: boolean = false;
   private readonly limits: ResolvedLogRecordLimits;
 
@@ -170,27 +172,7 @@ class KitLogRecord implements ReadWriteLogRecord {
 
   setAttribute(key: string, value?: AnyValue): this {
     if (this.readonlyWarning()) return this;
-    // The common case, exactly as the SDK would store it, without its checks' allocations.
-    const limits = this.limits;
-    // (A limit of 0 or less is one the SDK warns about at every attribute.)
-    if (key.length > 0 && limits.attributeValueLengthLimit > 0 && (typeof value === 'string' ? value.length <= limits.attributeValueLengthLimit : typeof value === 'number' || typeof value === 'boolean')) {
-      if (Object.hasOwn(this.attributes, key)) {
-        this.attributes[key] = value;
-        return this;
-      }
-      if (this.attributesCount < limits.attributeCountLimit) {
-        this.attributes[key] = value;
-        this.attributesCount += 1;
-        return this;
-      }
-    }
-    const decision = maybeAddAttribute({ key, value, attributes: this.attributes, limits, currentAttributesCount: this.attributesCount });
-    if (decision === AddAttributeDecision.DROP_LIMIT_REACHED) {
-      this.droppedAttributes += 1;
-      if (this.droppedAttributes === 1) diag.warn('Dropping extra attributes.');
-    } else if (decision === AddAttributeDecision.ADD_NEW) {
-      this.attributesCount += 1;
-    }
+    setAttributeAsSdk(this, this.limits, key, value);
     return this;
   }
 

@@ -33,9 +33,10 @@
  */
 import { INVALID_SPAN_CONTEXT, SamplingDecision, SpanKind, SpanStatusCode, TraceFlags, context, diag, trace } from '@opentelemetry/api';
 import type { Attributes, AttributeValue, Context, Exception, HrTime, Link, Span, SpanAttributes, SpanContext, SpanOptions, SpanStatus, TimeInput, Tracer, TracerOptions, TracerProvider } from '@opentelemetry/api';
-import { AddAttributeDecision, addHrTimes, cleanAttributes, cleanSimpleAttributes, hrTime, hrTimeDuration, isTimeInput, isTimeInputHrTime, isTracingSuppressed, maybeAddAttribute, millisToHrTime, type InstrumentationScope } from '@opentelemetry/core';
+import { addHrTimes, cleanAttributes, cleanSimpleAttributes, hrTime, hrTimeDuration, isTimeInput, isTimeInputHrTime, isTracingSuppressed, millisToHrTime, type InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { IdGenerator, ReadableSpan, Sampler, SpanLimits, SpanProcessor, TimedEvent } from '@opentelemetry/sdk-trace';
+import { setAttributeAsSdk } from './attributes';
 
 /** The limits with the SDK's defaults filled in, as its `TracerProvider` does. */
 export type ResolvedSpanLimits = Required<SpanLimits>;
@@ -81,8 +82,9 @@ class KitSpan implements Span, ReadableSpan {
   readonly events: TimedEvent[] = [];
   name: string;
   status: SpanStatus = { code: SpanStatusCode.UNSET };
-  private attributesCount: number;
-  private droppedAttributes: number;
+  /** The SDK's counts, kept by `setAttributeAsSdk`. */
+  attributesCount: number;
+  droppedAttributes: number;
   private droppedEvents = 0;
   private droppedLinks = 0;
   private isEnded = false;
@@ -175,27 +177,7 @@ class KitSpan implements Span, ReadableSpan {
 
   setAttribute(key: string, value?: AttributeValue): this {
     if (this.endedWarning()) return this;
-    // The common case, exactly as the SDK would store it, without its checks' allocations.
-    const limits = this.shared.limits;
-    // (A limit of 0 or less is one the SDK warns about at every attribute.)
-    if (key.length > 0 && limits.attributeValueLengthLimit > 0 && (typeof value === 'string' ? value.length <= limits.attributeValueLengthLimit : typeof value === 'number' || typeof value === 'boolean')) {
-      if (Object.hasOwn(this.attributes, key)) {
-        (this.attributes as Record<string, AttributeValue>)[key] = value;
-        return this;
-      }
-      if (this.attributesCount < limits.attributeCountLimit) {
-        (this.attributes as Record<string, AttributeValue>)[key] = value;
-        this.attributesCount += 1;
-        return this;
-      }
-    }
-    const decision = maybeAddAttribute({ key, value, attributes: this.attributes, limits, currentAttributesCount: this.attributesCount });
-    if (decision === AddAttributeDecision.DROP_LIMIT_REACHED) {
-      this.droppedAttributes += 1;
-      if (this.droppedAttributes === 1) diag.warn('Dropping extra attributes.');
-    } else if (decision === AddAttributeDecision.ADD_NEW) {
-      this.attributesCount += 1;
-    }
+    setAttributeAsSdk(this, this.shared.limits, key, value);
     return this;
   }
 
