@@ -263,14 +263,6 @@ function start(): void {
     api.trace.setGlobalTracerProvider(tracerProvider);
     for (const instrumentation of instrumentations) instrumentation.setTracerProvider(tracerProvider);
   }
-  // Log records likewise go through the kit's logger provider (`logger.ts`:
-  // the SDK's records for less each), over the processors settings.ts asked for.
-  let loggerProvider: import('./logger').KitLoggerProvider | undefined;
-  if (logRecordProcessors.length > 0) {
-    const { KitLoggerProvider, logRecordLimitsFromEnv } = require('./logger') as typeof import('./logger');
-    loggerProvider = new KitLoggerProvider({ resource, logRecordLimits: logRecordLimitsFromEnv(), processors: logRecordProcessors });
-    api.logs.setGlobalLoggerProvider(loggerProvider);
-  }
   let sdk: InstanceType<typeof NodeSDK>;
   try {
     sdk = new NodeSDK({
@@ -279,27 +271,27 @@ function start(): void {
       instrumentations,
       spanProcessors: [],
       // Metrics as settings.ts decided (none without an endpoint, so nothing
-      // retries against a collector that is not there).
+      // retries against a collector that is not there). No log record
+      // processor: an empty list, not undefined (NodeSDK would otherwise read
+      // OTEL_LOGS_EXPORTER itself and default to otlp); the kit's logger
+      // provider, below, takes the processors settings.ts asked for.
       metricReaders,
-      // No log record processors: an empty list, not undefined, where the
-      // kit exports none (NodeSDK would otherwise read OTEL_LOGS_EXPORTER
-      // itself and default to otlp); undefined where the kit's provider
-      // exports them, with OTEL_LOGS_EXPORTER read as none while NodeSDK
-      // starts, so that it registers no provider of its own.
-      logRecordProcessors: loggerProvider === undefined ? [] : undefined,
+      logRecordProcessors: [],
     });
   } finally {
     if (logLevel !== undefined) process.env.OTEL_LOG_LEVEL = logLevel;
   }
-  const logsExporter = process.env.OTEL_LOGS_EXPORTER;
-  if (loggerProvider !== undefined) process.env.OTEL_LOGS_EXPORTER = 'none';
-  try {
-    sdk.start();
-  } finally {
-    if (loggerProvider !== undefined) {
-      if (logsExporter === undefined) delete process.env.OTEL_LOGS_EXPORTER;
-      else process.env.OTEL_LOGS_EXPORTER = logsExporter;
-    }
+  sdk.start();
+  // Log records go through the kit's logger provider (`logger.ts`: the SDK's
+  // records for less each), in place of the empty one NodeSDK registered,
+  // for the app's logger and for the instrumentations alike.
+  let loggerProvider: import('./logger').KitLoggerProvider | undefined;
+  if (logRecordProcessors.length > 0) {
+    const { KitLoggerProvider, logRecordLimitsFromEnv } = require('./logger') as typeof import('./logger');
+    loggerProvider = new KitLoggerProvider({ resource, logRecordLimits: logRecordLimitsFromEnv(), processors: logRecordProcessors });
+    api.logs.disable();
+    api.logs.setGlobalLoggerProvider(loggerProvider);
+    for (const instrumentation of instrumentations) instrumentation.setLoggerProvider?.(loggerProvider);
   }
   if (metricReaders.length > 0) {
     const { observeExporters, exporterType } = require('./metrics') as typeof import('./metrics');
