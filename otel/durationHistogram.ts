@@ -33,10 +33,10 @@
  */
 import { ValueType, diag, type Attributes, type HrTime } from '@opentelemetry/api';
 import { millisToHrTime, type InstrumentationScope } from '@opentelemetry/core';
-import type { AggregationTemporality, CollectionResult, HistogramMetricData, MetricCollectOptions, MetricDescriptor, MetricProducer } from '@opentelemetry/sdk-metrics';
+import type { AggregationTemporality, CollectionResult, HistogramMetricData, InstrumentType, MetricCollectOptions, MetricDescriptor, MetricProducer } from '@opentelemetry/sdk-metrics';
 
 /** `InstrumentType.HISTOGRAM`, `AggregationTemporality.CUMULATIVE`, `DataPointType.HISTOGRAM`: read without loading the SDK here. */
-const HISTOGRAM = 'HISTOGRAM';
+export const HISTOGRAM = 'HISTOGRAM' as InstrumentType;
 const CUMULATIVE = 1;
 const HISTOGRAM_POINT = 0;
 

@@ -265,10 +265,9 @@ class ServerMetrics {
   readonly totals = { requests: 0, seconds: 0 };
 
   constructor(
-    private readonly duration: Histogram,
+    /** The kit's aggregation of the histogram (durationHistogram.ts), or the SDK's histogram where the readers need it. */
+    private readonly duration: DurationHistogram | Histogram,
     meter: Meter,
-    /** The kit's aggregation of the same histogram (durationHistogram.ts), used in place of `duration` when enabled. */
-    private readonly durations: DurationHistogram | undefined,
   ) {
     meter
       .createObservableUpDownCounter('http.server.active_requests', {
@@ -298,15 +297,15 @@ class ServerMetrics {
     const seconds = (performance.now() - startedAt) / 1000;
     this.totals.requests += 1;
     this.totals.seconds += seconds;
-    const durations = this.durations;
-    if (durations?.enabled === true) {
-      durations.record(seconds, method, component, status, route, error);
+    const duration = this.duration;
+    if (duration instanceof DurationHistogram) {
+      duration.record(seconds, method, component, status, route, error);
       return;
     }
     const attributes: Attributes = { 'http.request.method': method, 'url.scheme': component, 'http.response.status_code': status };
     if (route) attributes['http.route'] = route;
     if (error !== undefined) attributes['error.type'] = error;
-    this.duration.record(seconds, attributes);
+    duration.record(seconds, attributes);
   }
 
   activeRequests(): number {
@@ -347,8 +346,9 @@ export class HttpServerInstrumentation extends InstrumentationBase<HttpServerIns
 
   protected override _updateMetricInstruments(): void {
     if (this.getConfig().metrics !== true) return;
-    const duration = this.meter.createHistogram(DURATION.name, { unit: DURATION.unit, description: DURATION.description, advice: { explicitBucketBoundaries: DURATION_BUCKETS } });
-    this.serverMetrics = new ServerMetrics(duration, this.meter, this.durations);
+    // The preload has enabled the kit's aggregation (or not) by now: it decides when it makes the readers, before NodeSDK starts.
+    const duration = this.durations?.enabled === true ? this.durations : this.meter.createHistogram(DURATION.name, { unit: DURATION.unit, description: DURATION.description, advice: { explicitBucketBoundaries: DURATION_BUCKETS } });
+    this.serverMetrics = new ServerMetrics(duration, this.meter);
   }
 
   protected init(): InstrumentationNodeModuleDefinition[] {

@@ -15,7 +15,7 @@
 import type { Attributes, Meter } from '@opentelemetry/api';
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import type { AggregationOption, AggregationTemporality, InstrumentType, MetricProducer, MetricReader, PushMetricExporter, ResourceMetrics } from '@opentelemetry/sdk-metrics';
-import type { DurationHistogram } from './durationHistogram';
+import { HISTOGRAM, type DurationHistogram } from './durationHistogram';
 import type { ExportStats } from './retryingExporter';
 import type { MetricsSettings, OtlpProtocol } from './settings';
 
@@ -112,7 +112,7 @@ const TEMPORALITY = { delta: 0, cumulative: 1, lowmemory: 2 } as const;
  * temporality and histogram aggregation the settings read (the library does
  * not read OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION).
  */
-export function createOtlpMetricExporter(protocol: OtlpProtocol, url: string, temporality: MetricsSettings['temporality'], histograms: MetricsSettings['histogramAggregation'] = 'explicit_bucket_histogram'): PushMetricExporter {
+export function createOtlpMetricExporter(protocol: OtlpProtocol, url: string, temporality: MetricsSettings['temporality'], histograms: MetricsSettings['histogramAggregation']): PushMetricExporter {
   const config = { url, temporalityPreference: TEMPORALITY[temporality], aggregationPreference: histograms === 'explicit_bucket_histogram' ? undefined : exponentialHistograms() };
   switch (protocol) {
     case 'grpc': {
@@ -181,8 +181,6 @@ export function enableDurations(durations: DurationHistogram, readers: readonly 
   durations.enabled = readers.length > 0 && readers.every((reader) => reader.selectAggregation(HISTOGRAM).type === AggregationType.DEFAULT);
 }
 
-/** `InstrumentType.HISTOGRAM`, without loading the SDK for a type. */
-const HISTOGRAM = 'HISTOGRAM' as InstrumentType;
 
 /** An exporter whose counts the health instruments observe, and what to call it. */
 export interface ExporterHealth {
