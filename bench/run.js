@@ -15,7 +15,8 @@
  *
  * Configs, each as 2 workers (PM2 cluster mode from the kit's own
  * ecosystem.config.js, or gunicorn): `off` (OTEL_SDK_DISABLED=true), `kit`
- * (traces only, exporting to a local OTLP/gRPC sink), `metrics` (traces and
+ * (traces only, exporting to a local OTLP/gRPC sink), `kit-http` (the same over
+ * OTLP/HTTP protobuf), `metrics` (traces and
  * metrics to the same sink), `all` (traces, metrics and logs), `textbook`
  * (the NodeSDK preload the guides show, same sink), the peers `dd-trace` and
  * `elastic` (another vendor's agent preloaded instead, installed into

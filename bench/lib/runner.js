@@ -62,6 +62,16 @@ const CONFIGS = [
     traced: true,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
   },
+  // The same traces over the other standard transport, for a collector that
+  // takes OTLP/HTTP (port 4318): what the choice of protocol costs.
+  {
+    id: 'kit-http',
+    title: 'kit, traces only: 100% sampled, OTLP/HTTP protobuf (OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf), otherwise as kit',
+    short: 'kit, traces over HTTP',
+    kind: 'pm2',
+    traced: true,
+    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.httpUrl, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
+  },
   {
     id: 'access',
     title: 'kit, traces + the access log on stdout (PM2 log files), no OTLP logs',
