@@ -5,7 +5,7 @@
  * The benchmark: what tracing costs this kit, measured side by side in one
  * run on this machine.
  *
- *   npm run bench                 3 rounds of 10 s per config (about 5 minutes)
+ *   npm run bench                 3 rounds of 10 s per config, off between each (about 25 minutes with every config)
  *   npm run bench -- --quick      1 round of 3 s: a smoke test
  *   BENCH_ROUNDS=5 BENCH_DURATION=20 npm run bench
  *   BENCH_CONFIGS=off,kit npm run bench          a subset (off is always needed)
@@ -24,13 +24,14 @@
  * and `python` (the seed's FastAPI app, uninstrumented; skipped if not
  * installed). The outage scenario adds `unreachable` and `flapping`.
  *
- * Rounds interleave the configs (in a rotating order) and never run two at
- * once; ratios to `off` are taken within each round, then the median over
- * rounds is reported, so that a noisy neighbour on the shared 2-core machine
- * slows both sides of a ratio. Figures go to stdout; progress to stderr; files
- * to bench/results/ (latest.json, latest.md, latest.svg; --quick writes
- * bench/results/tmp/quick.* instead, leaving the last full run alone;
- * BENCH_SCENARIO=outage writes bench/results/outage.*).
+ * Rounds interleave the configs (in a rotating order), with `off` again after
+ * each, and never run two at once; each load's ratios are taken to the `off`
+ * loads right before and after it, then the median over rounds is reported,
+ * so that a slow phase of the shared 2-core machine slows both sides of a
+ * ratio. Figures go to stdout; progress to stderr; files to bench/results/
+ * (latest.json, latest.md, latest.svg; --quick writes bench/results/tmp/quick.*
+ * instead, leaving the last full run alone; BENCH_SCENARIO=outage writes
+ * bench/results/outage.*).
  */
 const fs = require('node:fs');
 const os = require('node:os');
@@ -123,6 +124,33 @@ function orderFor(configs, round) {
   return [...configs.slice(shift), ...configs.slice(0, shift)];
 }
 
+/**
+ * Every load of the run, in order: `off` first, then each round's configs
+ * with `off` again after each, so that every config runs between two `off`
+ * loads, a load apart. The host's speed drifts over minutes (`off` itself
+ * moved by a quarter between rounds of one run): a config's ratio is taken
+ * to the `off` loads on either side of it (see report.summarize), not to one
+ * `off` load minutes away in the same round.
+ * @param {Config[]} configs
+ * @param {number} rounds
+ * @returns {Array<{ config: Config, round: number }>}
+ */
+function schedule(configs, rounds) {
+  const off = configs.find((c) => c.id === 'off');
+  const others = configs.filter((c) => c !== off);
+  /** @type {Array<{ config: Config, round: number }>} */
+  const loads = [];
+  if (off !== undefined && others.length > 0) loads.push({ config: off, round: 1 });
+  for (let round = 1; round <= rounds; round++) {
+    if (others.length === 0 && off !== undefined) loads.push({ config: off, round });
+    for (const config of orderFor(others, round)) {
+      loads.push({ config, round });
+      if (off !== undefined) loads.push({ config: off, round });
+    }
+  }
+  return loads;
+}
+
 /** @param {RunResult} r */
 function oneLine(r) {
   if (r.error !== undefined) return `FAILED: ${r.error.split('\n')[0]}`;
@@ -153,7 +181,7 @@ function notesFor(summaries, context) {
   const others = context.runs.filter((r) => r.error === undefined).map((r) => r.otherCpuPct);
   if (others.length > 0) {
     notes.push(
-      `Noise: processes outside the bench used a median ${report.median(others).toFixed(0)}% (max ${Math.max(...others).toFixed(0)}%) of the machine's CPU during the loads ("others' CPU %" per run, * above ${NOISY_PCT}%), although each load waited up to ${context.quietWaitS} s for a second under ${QUIET_BELOW_PCT}% machine CPU, and a load during which they took more than ${RETRY_ABOVE_PCT}% was run again (at most ${MAX_LOADS} loads, the least disturbed counts: "loads"); the ratios pair each config with off from the same round to cancel part of it, and CPU per request is the figure it moves least.`,
+      `Noise: processes outside the bench used a median ${report.median(others).toFixed(0)}% (max ${Math.max(...others).toFixed(0)}%) of the machine's CPU during the loads ("others' CPU %" per run, * above ${NOISY_PCT}%), although each load waited up to ${context.quietWaitS} s for a second under ${QUIET_BELOW_PCT}% machine CPU, and a load during which they took more than ${RETRY_ABOVE_PCT}% was run again (at most ${MAX_LOADS} loads, the least disturbed counts: "loads"); the ratios pair each load with the off loads run right before and after it to cancel part of it, and CPU per request is the figure it moves least.`,
     );
   }
   notes.push(context.pythonNote);
@@ -183,7 +211,7 @@ function markdown(opts, host, load, notes, tables) {
     '',
     `${host.date} · ${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB RAM · ${host.os} · Node ${host.node} · PM2 ${host.pm2} · load average at start ${host.loadAverageAtStart.join(' / ')}`,
     '',
-    `${opts.rounds} round(s), configs interleaved in rotating order; per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/123; ${WORKERS} workers each. Run with \`${opts.scenario === undefined ? '' : `BENCH_SCENARIO=${opts.scenario} `}npm run bench\`.`,
+    `${opts.rounds} round(s), configs interleaved in rotating order, off again after each (so every config runs between two off loads); per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/123; ${WORKERS} workers each. Run with \`${opts.scenario === undefined ? '' : `BENCH_SCENARIO=${opts.scenario} `}npm run bench\`.`,
     '',
     '![req/s, CPU per request, RSS and p99 relative to off](latest.svg)',
     '',
@@ -243,17 +271,15 @@ async function main() {
   const runs = [];
   /** @type {Map<string, number>} spans per request, learnt in a config's first good round */
   const expected = new Map();
-  for (let round = 1; round <= opts.rounds; round++) {
-    for (const config of orderFor(configs, round)) {
-      // After Ctrl-C, wait for the signal handler to finish cleaning up and exit.
-      if (signalled()) await new Promise(() => undefined);
-      const progress = (/** @type {string} */ step) => console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${step}`);
-      const settings = { warmupS: opts.warmupS, durationS: opts.durationS, quietWaitS: opts.quietWaitS, sink, load, python, progress };
-      const result = await runOnce(config, round, settings, expected.get(config.id));
-      if (result.spans.expected !== undefined && !expected.has(config.id)) expected.set(config.id, result.spans.expected);
-      runs.push(result);
-      console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${oneLine(result)}`);
-    }
+  for (const { config, round } of schedule(configs, opts.rounds)) {
+    // After Ctrl-C, wait for the signal handler to finish cleaning up and exit.
+    if (signalled()) await new Promise(() => undefined);
+    const progress = (/** @type {string} */ step) => console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${step}`);
+    const settings = { warmupS: opts.warmupS, durationS: opts.durationS, quietWaitS: opts.quietWaitS, sink, load, python, progress };
+    const result = await runOnce(config, round, settings, expected.get(config.id));
+    if (result.spans.expected !== undefined && !expected.has(config.id)) expected.set(config.id, result.spans.expected);
+    runs.push(result);
+    console.error(`  round ${round}/${opts.rounds} ${config.id.padEnd(8)} ${oneLine(result)}`);
   }
   const totals = await sink.stats();
   await cleanupAll();

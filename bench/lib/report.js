@@ -2,9 +2,10 @@
 'use strict';
 
 /**
- * Turns the rounds into figures: medians per config, ratios against `off`
- * paired within each round (the machine is shared and noisy: a slow round
- * slows every config in it, and the ratio cancels that out), and renders
+ * Turns the rounds into figures: medians per config, ratios against the
+ * `off` loads run right before and after each load (the machine is shared
+ * and its speed drifts: a slow phase slows a config and its neighbours, and
+ * the ratio cancels that out), and renders
  * them as a text table, Markdown, and a small SVG chart.
  */
 
@@ -53,7 +54,7 @@ function median(values) {
  * @property {string} short
  * @property {number} rounds                        rounds that succeeded
  * @property {Record<string, number>} median        per metric key
- * @property {Record<string, number>} ratio         per metric key: median over rounds of value / off's value
+ * @property {Record<string, number>} ratio         per metric key: median over rounds of value / the adjacent off loads' (geometric mean)
  * @property {number} spansPerRequest               median
  * @property {number | undefined} expected          spans one request makes (calibrated)
  * @property {number} missing                       summed over rounds
@@ -75,8 +76,18 @@ function median(values) {
  */
 function summarize(configs, runs) {
   const ok = runs.filter((r) => r.error === undefined);
-  /** @param {string} config @param {number} round */
-  const find = (config, round) => ok.find((r) => r.config === config && r.round === round);
+  /**
+   * The `off` loads run nearest before and after `run` (runs are in the order
+   * they ran; failed loads are skipped): what its ratios are taken to.
+   * @param {RunResult} run
+   */
+  const offAround = (run) => {
+    const at = runs.indexOf(run);
+    const isOff = (/** @type {RunResult} */ r) => r.config === 'off' && r.error === undefined;
+    const before = runs.slice(0, at).reverse().find(isOff);
+    const after = runs.slice(at + 1).find(isOff);
+    return [before, after].filter((r) => r !== undefined);
+  };
   return configs.map((config) => {
     const mine = ok.filter((r) => r.config === config.id);
     /** @type {Record<string, number>} */
@@ -87,8 +98,12 @@ function summarize(configs, runs) {
       med[key] = median(mine.map((r) => r[key]));
       ratio[key] = median(
         mine.map((r) => {
-          const off = find('off', r.round);
-          return off === undefined ? NaN : r[key] / off[key];
+          if (config.id === 'off') return 1;
+          // The geometric mean of the two neighbours: the midpoint of a drift, in ratio terms.
+          const around = offAround(r);
+          if (around.length === 0) return NaN;
+          const off = Math.exp(around.reduce((s, o) => s + Math.log(o[key]), 0) / around.length);
+          return r[key] / off;
         }),
       );
     }
@@ -159,7 +174,7 @@ function missingText(s) {
  */
 function summaryTable(summaries, rounds) {
   return {
-    title: `Medians over ${rounds} round${rounds === 1 ? '' : 's'}`,
+    title: `Medians over ${rounds} round${rounds === 1 ? '' : 's'} (off: over all its loads, one between each two configs)`,
     head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'log records/req', 'metric exports', 'spans missing', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
     rows: summaries.map((s) => [
       s.config,
@@ -181,7 +196,7 @@ function summaryTable(summaries, rounds) {
  */
 function ratioTable(summaries) {
   return {
-    title: 'Ratio to off (median over rounds of each round\'s ratio; req/s: higher is better, all else: lower is better)',
+    title: 'Ratio to off (median over rounds of each load\'s ratio to the off loads right before and after it; req/s: higher is better, all else: lower is better)',
     head: ['config', ...RATIO_METRICS.map((m) => m.label)],
     rows: summaries.map((s) => [s.config, ...RATIO_METRICS.map((m) => times(s.ratio[m.key]))]),
   };

@@ -158,7 +158,7 @@ const CONFIGS = [
   },
   { id: 'python', title: 'FastAPI, gunicorn + 2 uvicorn workers (uninstrumented)', short: 'FastAPI, untraced', kind: 'python', traced: false },
   // The outage scenario (BENCH_SCENARIO=outage): the kit's traces config
-  // with its collector gone or flapping, against kit and off of the same round.
+  // with its collector gone or flapping, against kit and the off loads around each.
   {
     id: 'unreachable',
     title: 'kit, traces only, collector unreachable (nothing listens on its port)',
