@@ -5,7 +5,7 @@
  * The benchmark: what tracing costs this kit, measured side by side in one
  * run on this machine.
  *
- *   npm run bench                 3 rounds of 10 s per config, off between each (about 25 minutes with every config)
+ *   npm run bench                 3 rounds of 10 s per config, off between each (about 17 minutes with every config)
  *   npm run bench -- --quick      1 round of 3 s: a smoke test
  *   BENCH_ROUNDS=5 BENCH_DURATION=20 npm run bench
  *   BENCH_CONFIGS=off,kit npm run bench          a subset (off is always needed)

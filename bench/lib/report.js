@@ -77,17 +77,18 @@ function median(values) {
 function summarize(configs, runs) {
   const ok = runs.filter((r) => r.error === undefined);
   /**
-   * The `off` loads run nearest before and after `run` (runs are in the order
-   * they ran; failed loads are skipped): what its ratios are taken to.
-   * @param {RunResult} run
+   * For each load, the `off` loads run nearest before and after it (runs are
+   * in the order they ran; failed loads are skipped): what its ratios are
+   * taken to. Found once per load, for every metric.
+   * @type {Map<RunResult, RunResult[]>}
    */
-  const offAround = (run) => {
-    const at = runs.indexOf(run);
-    const isOff = (/** @type {RunResult} */ r) => r.config === 'off' && r.error === undefined;
-    const before = runs.slice(0, at).reverse().find(isOff);
+  const offAround = new Map();
+  const isOff = (/** @type {RunResult | undefined} */ r) => r !== undefined && r.config === 'off' && r.error === undefined;
+  runs.forEach((run, at) => {
+    const before = runs.slice(0, at).findLast(isOff);
     const after = runs.slice(at + 1).find(isOff);
-    return [before, after].filter((r) => r !== undefined);
-  };
+    offAround.set(run, [before, after].filter((r) => r !== undefined));
+  });
   return configs.map((config) => {
     const mine = ok.filter((r) => r.config === config.id);
     /** @type {Record<string, number>} */
@@ -100,7 +101,7 @@ function summarize(configs, runs) {
         mine.map((r) => {
           if (config.id === 'off') return 1;
           // The geometric mean of the two neighbours: the midpoint of a drift, in ratio terms.
-          const around = offAround(r);
+          const around = offAround.get(r) ?? [];
           if (around.length === 0) return NaN;
           const off = Math.exp(around.reduce((s, o) => s + Math.log(o[key]), 0) / around.length);
           return r[key] / off;
