@@ -42,6 +42,12 @@ test('declares a cluster of 2 instrumented workers by default', () => {
   expect(app?.env).toMatchObject({ OTEL_SERVICE_NAME: 'koa-otel-app', DRAIN_TIMEOUT_MS: '3000', FLUSH_TIMEOUT_MS: '2000' });
 });
 
+test('holds 8192 spans and 8192 log records a worker unless the shell says otherwise', () => {
+  // One span and one access record a request: both queues ride out the same stall.
+  expect(load().app?.env).toMatchObject({ OTEL_BSP_MAX_QUEUE_SIZE: '8192', OTEL_BLRP_MAX_QUEUE_SIZE: '8192' });
+  expect(load({ OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BLRP_MAX_QUEUE_SIZE: '200' }).app?.env).toMatchObject({ OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BLRP_MAX_QUEUE_SIZE: '200' });
+});
+
 test.each([
   ['4', 4],
   ['max', 'max'],
