@@ -170,9 +170,10 @@ function notesFor(summaries, context) {
     if (s.expected !== undefined) {
       const missing = Math.max(0, s.missing);
       const logged = s.logLines > 0 ? `${s.logLines} worker log line(s) mention "dropped"${s.loggedDropped > 0 ? ` (${s.loggedDropped} spans)` : ''}` : 'no worker log line mentions "dropped"';
+      const records = s.recordsMissing === undefined ? '' : `; ${Math.max(0, s.recordsMissing)} of the log records expected by then (one a span received, one a worker at start) never reached the sink`;
       const stop = Number.isFinite(s.stopDelivered) ? `; of the spans of ${STOP_PROBE_REQUESTS} requests sent right before \`pm2 stop\`, ${Math.round(100 * s.stopDelivered)}% arrived` : '';
       notes.push(
-        `${s.config}: ${s.expected.toFixed(2)} spans per request (calibrated on ${CALIBRATION_REQUESTS} sequential requests); under load ${missing} of ${Math.round(s.expected * s.spanRequests)} expected spans never reached the sink; ${logged}${stop}.`,
+        `${s.config}: ${s.expected.toFixed(2)} spans per request (calibrated on ${CALIBRATION_REQUESTS} sequential requests); under load ${missing} of ${Math.round(s.expected * s.spanRequests)} expected spans never reached the sink${records}; ${logged}${stop}.`,
       );
     }
     if (s.restarts > 0) notes.push(`${s.config}: ${s.restarts} worker restart(s) during the load: its CPU and RSS figures are unreliable.`);

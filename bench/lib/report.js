@@ -59,6 +59,7 @@ function median(values) {
  * @property {number | undefined} expected          spans one request makes (calibrated)
  * @property {number} missing                       summed over rounds
  * @property {number} spanRequests                  summed over rounds
+ * @property {number | undefined} recordsMissing    log records missing, summed over rounds (configs with records)
  * @property {number} stopDelivered                 median share of the stop probe's spans that arrived
  * @property {number} logLines                      summed over rounds
  * @property {number} loggedDropped                 summed over rounds
@@ -120,6 +121,7 @@ function summarize(configs, runs) {
       expected: mine.find((r) => r.spans.expected !== undefined)?.spans.expected,
       missing: sum((r) => r.spans.missing ?? 0),
       spanRequests: sum((r) => r.spans.requests),
+      recordsMissing: mine.some((r) => r.spans.recordsMissing !== undefined) ? sum((r) => r.spans.recordsMissing ?? 0) : undefined,
       stopDelivered: median(mine.map((r) => r.spans.stopProbe?.delivered ?? NaN)),
       logLines: sum((r) => r.spans.logLines),
       loggedDropped: sum((r) => r.spans.loggedDropped),
@@ -176,7 +178,7 @@ function missingText(s) {
 function summaryTable(summaries, rounds) {
   return {
     title: `Medians over ${rounds} round${rounds === 1 ? '' : 's'} (off: over all its loads, one between each two configs)`,
-    head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'log records/req', 'metric exports', 'spans missing', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
+    head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'log records/req', 'metric exports', 'spans missing', 'log records missing', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
     rows: summaries.map((s) => [
       s.config,
       ...METRICS.map((m) => num(s.median[m.key], m.digits)),
@@ -184,6 +186,7 @@ function summaryTable(summaries, rounds) {
       num(s.spanRequests > 0 ? s.logRecords / s.spanRequests : NaN, 2),
       String(s.metricExports),
       missingText(s),
+      s.recordsMissing === undefined ? '—' : num(Math.max(0, s.recordsMissing), 0),
       percent(s.stopDelivered),
       s.config === 'python' ? '—' : String(s.logLines),
       String(s.errors),

@@ -39,6 +39,8 @@ const BSP_SCHEDULE_DELAY_MS = 5000;
  * @property {string} short          a few words for the chart
  * @property {'pm2' | 'python'} kind
  * @property {boolean} traced         whether spans are expected at the sink
+ * @property {boolean} [records]      whether OTLP log records are expected: one a request (its
+ *                                    access record, beside its span) and one a worker at start
  * @property {(sink: Sink) => Record<string, string>} [env]  what differs from the kit's defaults
  * @property {string} [preload]      replaces the kit's preload in node_args
  * @property {import('./peers').Peer} [peer]  installed into bench/.peers/ on demand; its preload replaces the kit's
@@ -86,6 +88,7 @@ const CONFIGS = [
     short: 'kit, traces + access log + OTLP logs',
     kind: 'pm2',
     traced: true,
+    records: true,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none' }),
   },
   {
@@ -112,6 +115,7 @@ const CONFIGS = [
     short: 'kit, traces + metrics + logs',
     kind: 'pm2',
     traced: true,
+    records: true,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_LOGS_EXPORTER: 'otlp', ACCESS_LOG: 'true' }),
   },
   // The peers: another vendor's agent preloaded into the same app, in place
@@ -199,6 +203,8 @@ const CONFIGS = [
  * @property {number | undefined} expected  spans one request makes (calibrated), if known
  * @property {number | undefined} missing   requests * expected - received (negative: a few requests
  *                                          still in flight when the load generator stopped counting)
+ * @property {number | undefined} recordsMissing  log records expected by then (one a span received,
+ *                                          one a worker's 'listening' line) - received; configs with records
  * @property {StopProbe | undefined} stopProbe  what became of the last requests' spans at `pm2 stop`
  * @property {number} logLines        worker log lines that mention "dropped"
  * @property {number} loggedDropped   sum of N in "Dropped N spans" log lines
@@ -361,13 +367,14 @@ async function loadOnce(settings, app, attempt) {
 }
 
 /**
- * The sink's span count once the workers' batch processors have sent what
- * they held at the end of the load (their timers were armed by then).
+ * The sink's counts once the workers' batch processors have sent what they
+ * held at the end of the load (their timers were armed by then; the log
+ * record processor's delay is shorter than the span processor's).
  * @param {Sink} sink
  * @param {number} loadEndedAt
  */
-async function awaitSpans(sink, loadEndedAt) {
-  return (await sink.waitQuiet({ notBefore: loadEndedAt + BSP_SCHEDULE_DELAY_MS + 1000, quietMs: 1000, maxMs: 30_000 })).spans;
+async function awaitExports(sink, loadEndedAt) {
+  return sink.waitQuiet({ notBefore: loadEndedAt + BSP_SCHEDULE_DELAY_MS + 1000, quietMs: 1000, maxMs: 30_000 });
 }
 
 /**
@@ -386,15 +393,17 @@ function droppedInLogs(logs) {
  * @param {number | undefined} expected
  * @param {StopProbe | undefined} stopProbe
  * @param {string} logs
+ * @param {number} [recordsMissing]
  * @returns {SpanFigures}
  */
-function spanFigures(received, requests, expected, stopProbe, logs) {
+function spanFigures(received, requests, expected, stopProbe, logs, recordsMissing) {
   return {
     requests,
     received,
     perRequest: received / requests,
     expected,
     missing: expected === undefined ? undefined : Math.round(requests * expected - received),
+    recordsMissing,
     stopProbe,
     ...droppedInLogs(logs),
   };
@@ -455,11 +464,16 @@ async function runPm2(config, settings, expected) {
 
     const stopApp = () => pm2.run(['stop', name]);
     let received = 0;
+    /** @type {number | undefined} */
+    let recordsMissing;
     /** @type {StopProbe | undefined} */
     let probe;
     if (config.traced && measured.expected !== undefined) {
       settings.progress('waiting for spans');
-      received = (await awaitSpans(sink, measured.loadEndedAt)) - spansBefore;
+      const exported = await awaitExports(sink, measured.loadEndedAt);
+      received = exported.spans - spansBefore;
+      // Each traced request logs one access record beside its span; each worker one line at start.
+      if (config.records) recordsMissing = received + WORKERS - (exported.logRecords - sinkBefore.logRecords);
       settings.progress(`${STOP_PROBE_REQUESTS} requests, then pm2 stop`);
       probe = await stopProbe(sink, port, measured.expected, stopApp);
     } else {
@@ -468,7 +482,7 @@ async function runPm2(config, settings, expected) {
       received = (await sink.waitQuiet({ quietMs: 500, maxMs: 2000 })).spans - spansBefore;
     }
     await pm2.run(['delete', name]);
-    const spans = spanFigures(received, measured.totalRequests, measured.expected, probe, pm2.logs());
+    const spans = spanFigures(received, measured.totalRequests, measured.expected, probe, pm2.logs(), recordsMissing);
     const sinkAfter = await sink.stats();
     const signals = { logRecords: sinkAfter.logRecords - sinkBefore.logRecords, metricExports: sinkAfter.metricExports - sinkBefore.metricExports };
     return { startupMs: firstOk - startedAt, restarts, ...measured.figures, ...signals, spans };
@@ -530,7 +544,7 @@ async function runOnce(config, round, settings, expected) {
  * @returns {RunResult}
  */
 function failed(config, round) {
-  const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
+  const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, recordsMissing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
   return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
 }
 
