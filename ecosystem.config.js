@@ -126,7 +126,7 @@ module.exports = {
         OTEL_BSP_MAX_QUEUE_SIZE: env.OTEL_BSP_MAX_QUEUE_SIZE || '8192',
         // The same for log records: the access log emits one a request, as many
         // as spans. At the SDK's 2048 (~0.2 s at 10k req/s a worker) a stall of
-        // the host or the collector under full load dropped 1.4 % of a bench
+        // the host or the collector under full load dropped 1.5 % of a bench
         // run's records (README, Performance).
         OTEL_BLRP_MAX_QUEUE_SIZE: env.OTEL_BLRP_MAX_QUEUE_SIZE || '8192',
         ...pick([
