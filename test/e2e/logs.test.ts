@@ -191,6 +191,31 @@ test('OTEL_LOGS_EXPORTER=none sends no record: the spans flushed at the same sto
   expect(outLines().some((line) => line.marker === 'none')).toBe(true);
 });
 
+test('through an outage each worker holds more log records than the SDK’s 2,048 by default: 5,000 requests, every record delivered once when the collector is back', async () => {
+  // The access log makes one record a request, as many as spans: the ecosystem
+  // file holds 8,192 of each a worker (OTEL_BLRP_MAX_QUEUE_SIZE, like
+  // OTEL_BSP_MAX_QUEUE_SIZE); at the SDK's 2,048 each worker would drop ~450 here.
+  const from = 300_000;
+  const to = from + 5000;
+  receiver.setFailure('unavailable');
+  let answered: number[];
+  try {
+    const result = await hit(from, to);
+    expect(result.failed).toEqual([]);
+    answered = result.answered;
+  } finally {
+    receiver.setFailure('none');
+  }
+  expect(answered).toHaveLength(5000);
+  await waitUntil(() => `5000 access records, got ${accessIds(from, to).records.length}`, () => accessIds(from, to).records.length >= 5000, 60_000);
+  exactlyOnce(accessIds(from, to).records, answered);
+  // Each worker took more than 2,048 of them, and none reported a drop.
+  const perWorker = new Map<unknown, number>();
+  for (const line of outLines()) if (line.msg === 'request' && typeof line.path === 'string' && /^\/items\/3\d{5}$/.test(line.path)) perWorker.set(line.pid, (perWorker.get(line.pid) ?? 0) + 1);
+  expect([...perWorker.values()].every((n) => n > 2048)).toBe(true);
+  expect(pm2.outLog() + pm2.errLog()).not.toMatch(/dropped [1-9]\d* log records/);
+});
+
 test('pm2 stop right after traffic loses no line and no record', async () => {
   const from = 200_000;
   const to = from + 300;
