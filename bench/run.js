@@ -171,9 +171,11 @@ function notesFor(summaries, context) {
       const missing = Math.max(0, s.missing);
       const logged = s.logLines > 0 ? `${s.logLines} worker log line(s) mention "dropped"${s.loggedDropped > 0 ? ` (${s.loggedDropped} spans)` : ''}` : 'no worker log line mentions "dropped"';
       const records = s.recordsMissing === undefined ? '' : `; ${Math.max(0, s.recordsMissing)} of the log records expected by then (one a span received, one a worker at start) never reached the sink`;
-      const stop = Number.isFinite(s.stopDelivered) ? `; of the spans of ${STOP_PROBE_REQUESTS} requests sent right before \`pm2 stop\`, ${Math.round(100 * s.stopDelivered)}% arrived` : '';
+      const counts = s.countsMissing === undefined ? '' : `; the workers' \`http.server.request.duration\` histograms counted ${s.countsMissing === 0 ? 'every request that had a span' : `${Math.abs(s.countsMissing)} request(s) ${s.countsMissing > 0 ? 'fewer' : 'more'} than had spans`}`;
+      const stopCounts = s.countsMissing !== undefined && Number.isFinite(s.stopCounted) ? `, and the histograms exported at the stop counted ${Math.round(100 * s.stopCounted)}% of them` : '';
+      const stop = Number.isFinite(s.stopDelivered) ? `; of the spans of ${STOP_PROBE_REQUESTS} requests sent right before \`pm2 stop\`, ${Math.round(100 * s.stopDelivered)}% arrived${stopCounts}` : '';
       notes.push(
-        `${s.config}: ${s.expected.toFixed(2)} spans per request (calibrated on ${CALIBRATION_REQUESTS} sequential requests); under load ${missing} of ${Math.round(s.expected * s.spanRequests)} expected spans never reached the sink${records}; ${logged}${stop}.`,
+        `${s.config}: ${s.expected.toFixed(2)} spans per request (calibrated on ${CALIBRATION_REQUESTS} sequential requests); under load ${missing} of ${Math.round(s.expected * s.spanRequests)} expected spans never reached the sink${records}${counts}; ${logged}${stop}.`,
       );
     }
     if (s.restarts > 0) notes.push(`${s.config}: ${s.restarts} worker restart(s) during the load: its CPU and RSS figures are unreliable.`);

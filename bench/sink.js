@@ -14,7 +14,10 @@
  * receiving spans is not done on the driver's event loop. It decodes nothing
  * it does not need: counting spans means walking three levels of the protobuf
  * wire format, and every Export is answered with an empty response (a
- * zero-length buffer is a valid, empty ExportTraceServiceResponse).
+ * zero-length buffer is a valid, empty ExportTraceServiceResponse). Of the
+ * metrics it reads one figure: the requests counted by the servers'
+ * `http.server.request.duration` histograms (the count of each data point),
+ * which must come to one a request, as spans do.
  *
  * IPC protocol (with the parent):
  *   child -> parent  { type: 'ready', port, httpPort, flappingPort }
@@ -44,6 +47,9 @@ const EMPTY = Buffer.alloc(0);
  * @property {number} cpuMicros    the sink's own CPU time (user + system)
  * @property {number} metricExports  metrics Export calls answered
  * @property {number} metricBytes    their payload bytes
+ * @property {number} requestsCounted  requests counted by every `http.server.request.duration` series
+ *                                   received: the latest count of each cumulative series (one a worker's
+ *                                   resource, attributes and start time), plus the counts of delta points
  * @property {number} logRecords     OTLP log records received
  * @property {number} logExports     logs Export calls answered
  * @property {number} logBytes       their payload bytes
@@ -53,7 +59,7 @@ const EMPTY = Buffer.alloc(0);
  */
 
 /** @type {SinkStats} */
-const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0, metricExports: 0, metricBytes: 0, logRecords: 0, logExports: 0, logBytes: 0, ddTraces: 0, apmTransactions: 0, refused: 0 };
+const stats = { spans: 0, exports: 0, bytes: 0, malformed: 0, lastExportAt: 0, cpuMicros: 0, metricExports: 0, metricBytes: 0, requestsCounted: 0, logRecords: 0, logExports: 0, logBytes: 0, ddTraces: 0, apmTransactions: 0, refused: 0 };
 
 /**
  * Reads a base-128 varint at `offset`.
@@ -77,8 +83,10 @@ function varint(buf, offset) {
 }
 
 /**
- * Calls `onField(start, end)` for every length-delimited occurrence of field
- * `wanted` in the message `buf[start, end)`, skipping all other fields.
+ * Calls `onField(start, end)` for every occurrence of field `wanted` in the
+ * message `buf[start, end)`, skipping all other fields: the bytes of its
+ * value (a length-delimited field's content; a varint's or a fixed field's
+ * own bytes).
  * @param {Buffer} buf
  * @param {number} start
  * @param {number} end
@@ -93,10 +101,15 @@ function eachField(buf, start, end, wanted, onField) {
     const wireType = tag & 7;
     pos = afterTag;
     switch (wireType) {
-      case 0: // varint
-        pos = varint(buf, pos)[1];
+      case 0: {
+        // varint
+        const next = varint(buf, pos)[1];
+        if (field === wanted) onField(pos, next);
+        pos = next;
         break;
+      }
       case 1: // fixed64
+        if (field === wanted) onField(pos, pos + 8);
         pos += 8;
         break;
       case 2: {
@@ -109,6 +122,7 @@ function eachField(buf, start, end, wanted, onField) {
         break;
       }
       case 5: // fixed32
+        if (field === wanted) onField(pos, pos + 4);
         pos += 4;
         break;
       default:
@@ -149,10 +163,61 @@ function recordLogs(payload) {
   }
 }
 
+const REQUEST_DURATION = 'http.server.request.duration';
+const DELTA = 1;
+/** The latest count of each cumulative `http.server.request.duration` series, by resource, attributes and start time. */
+const cumulativeCounts = new Map();
+/** The counts of its delta data points, added up. */
+let deltaCount = 0;
+
+/**
+ * Reads the data points of `http.server.request.duration` in an
+ * ExportMetricsServiceRequest: resource_metrics (1) -> resource (1) and
+ * scope_metrics (2) -> metrics (2) -> name (1), histogram (9) ->
+ * aggregation_temporality (2), data_points (1) -> attributes (9),
+ * start_time_unix_nano (2), count (4).
+ * @param {Buffer} buf
+ */
+function countRequests(buf) {
+  eachField(buf, 0, buf.length, 1, (rmStart, rmEnd) => {
+    let resource = '';
+    eachField(buf, rmStart, rmEnd, 1, (start, end) => (resource = buf.toString('hex', start, end)));
+    eachField(buf, rmStart, rmEnd, 2, (smStart, smEnd) => {
+      eachField(buf, smStart, smEnd, 2, (mStart, mEnd) => {
+        let name = '';
+        eachField(buf, mStart, mEnd, 1, (start, end) => (name = buf.toString('utf8', start, end)));
+        if (name !== REQUEST_DURATION) return;
+        eachField(buf, mStart, mEnd, 9, (hStart, hEnd) => {
+          let temporality = 0;
+          eachField(buf, hStart, hEnd, 2, (start) => (temporality = varint(buf, start)[0]));
+          eachField(buf, hStart, hEnd, 1, (pStart, pEnd) => {
+            let attributes = '';
+            let startTime = '';
+            let count = 0;
+            eachField(buf, pStart, pEnd, 9, (start, end) => (attributes += `${buf.toString('hex', start, end)},`));
+            eachField(buf, pStart, pEnd, 2, (start) => (startTime = buf.readBigUInt64LE(start).toString()));
+            eachField(buf, pStart, pEnd, 4, (start) => (count = Number(buf.readBigUInt64LE(start))));
+            if (temporality === DELTA) deltaCount += count;
+            else cumulativeCounts.set(`${resource}|${attributes}|${startTime}`, count);
+          });
+        });
+      });
+    });
+  });
+  let counted = deltaCount;
+  for (const count of cumulativeCounts.values()) counted += count;
+  stats.requestsCounted = counted;
+}
+
 /** @param {Buffer} payload */
 function recordMetrics(payload) {
   stats.metricExports += 1;
   stats.metricBytes += payload.length;
+  try {
+    countRequests(payload);
+  } catch {
+    stats.malformed += 1;
+  }
 }
 
 /**

@@ -60,7 +60,9 @@ function median(values) {
  * @property {number} missing                       summed over rounds
  * @property {number} spanRequests                  summed over rounds
  * @property {number | undefined} recordsMissing    log records missing, summed over rounds (configs with records)
+ * @property {number | undefined} countsMissing     requests the duration histograms did not count, summed over rounds (configs with metrics)
  * @property {number} stopDelivered                 median share of the stop probe's spans that arrived
+ * @property {number} stopCounted                   median share of the stop probe's requests the duration histograms counted at the sink
  * @property {number} logLines                      summed over rounds
  * @property {number} loggedDropped                 summed over rounds
  * @property {number} errors                        summed over rounds
@@ -122,7 +124,9 @@ function summarize(configs, runs) {
       missing: sum((r) => r.spans.missing ?? 0),
       spanRequests: sum((r) => r.spans.requests),
       recordsMissing: mine.some((r) => r.spans.recordsMissing !== undefined) ? sum((r) => r.spans.recordsMissing ?? 0) : undefined,
+      countsMissing: mine.some((r) => r.spans.countsMissing !== undefined) ? sum((r) => r.spans.countsMissing ?? 0) : undefined,
       stopDelivered: median(mine.map((r) => r.spans.stopProbe?.delivered ?? NaN)),
+      stopCounted: median(mine.map((r) => (r.spans.stopProbe === undefined ? NaN : r.spans.stopProbe.counted / r.spans.stopProbe.requests))),
       logLines: sum((r) => r.spans.logLines),
       loggedDropped: sum((r) => r.spans.loggedDropped),
       errors: sum((r) => r.errors),
@@ -178,7 +182,7 @@ function missingText(s) {
 function summaryTable(summaries, rounds) {
   return {
     title: `Medians over ${rounds} round${rounds === 1 ? '' : 's'} (off: over all its loads, one between each two configs)`,
-    head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'log records/req', 'metric exports', 'spans missing', 'log records missing', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
+    head: ['config', ...METRICS.map((m) => m.label), 'spans/req', 'log records/req', 'metric exports', 'spans missing', 'log records missing', 'requests missing from metrics', 'spans kept at stop', '"dropped" log lines', 'HTTP errors'],
     rows: summaries.map((s) => [
       s.config,
       ...METRICS.map((m) => num(s.median[m.key], m.digits)),
@@ -187,6 +191,7 @@ function summaryTable(summaries, rounds) {
       String(s.metricExports),
       missingText(s),
       s.recordsMissing === undefined ? '—' : num(Math.max(0, s.recordsMissing), 0),
+      s.countsMissing === undefined ? '—' : num(s.countsMissing, 0),
       percent(s.stopDelivered),
       s.config === 'python' ? '—' : String(s.logLines),
       String(s.errors),

@@ -41,6 +41,9 @@ const BSP_SCHEDULE_DELAY_MS = 5000;
  * @property {boolean} traced         whether spans are expected at the sink
  * @property {boolean} [records]      whether OTLP log records are expected: one a request (its
  *                                    access record, beside its span) and one a worker at start
+ * @property {number} [metricsEveryMs] the OTLP metrics export interval, for a config that exports
+ *                                    metrics: its `http.server.request.duration` histograms must
+ *                                    count one request a span
  * @property {(sink: Sink) => Record<string, string>} [env]  what differs from the kit's defaults
  * @property {string} [preload]      replaces the kit's preload in node_args
  * @property {import('./peers').Peer} [peer]  installed into bench/.peers/ on demand; its preload replaces the kit's
@@ -98,6 +101,7 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     // 5 s rather than the default 60 s, so that exports fall within each load.
+    metricsEveryMs: 5000,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '5000', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
   },
   {
@@ -116,6 +120,7 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     records: true,
+    metricsEveryMs: 10_000,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_LOGS_EXPORTER: 'otlp', ACCESS_LOG: 'true' }),
   },
   // The peers: another vendor's agent preloaded into the same app, in place
@@ -205,6 +210,8 @@ const CONFIGS = [
  *                                          still in flight when the load generator stopped counting)
  * @property {number | undefined} recordsMissing  log records expected by then (one a span received,
  *                                          one a worker's 'listening' line) - received; configs with records
+ * @property {number | undefined} countsMissing  spans received - requests counted by the workers'
+ *                                          `http.server.request.duration` histograms by then; configs with metrics
  * @property {StopProbe | undefined} stopProbe  what became of the last requests' spans at `pm2 stop`
  * @property {number} logLines        worker log lines that mention "dropped"
  * @property {number} loggedDropped   sum of N in "Dropped N spans" log lines
@@ -215,6 +222,8 @@ const CONFIGS = [
  * @property {number} requests   answered one by one right before `pm2 stop`
  * @property {number} received   their spans that reached the sink, during or after the stop
  * @property {number} delivered  received / (requests * expected): 1 when the stop flushes
+ * @property {number} counted    of them, those the `http.server.request.duration` histograms counted in
+ *                               what reached the sink (0 for a config without metrics)
  */
 
 /**
@@ -369,12 +378,14 @@ async function loadOnce(settings, app, attempt) {
 /**
  * The sink's counts once the workers' batch processors have sent what they
  * held at the end of the load (their timers were armed by then; the log
- * record processor's delay is shorter than the span processor's).
+ * record processor's delay is shorter than the span processor's), and each
+ * worker's metric reader has exported once since.
  * @param {Sink} sink
  * @param {number} loadEndedAt
+ * @param {number} [metricsEveryMs]
  */
-async function awaitExports(sink, loadEndedAt) {
-  return sink.waitQuiet({ notBefore: loadEndedAt + BSP_SCHEDULE_DELAY_MS + 1000, quietMs: 1000, maxMs: 30_000 });
+async function awaitExports(sink, loadEndedAt, metricsEveryMs = 0) {
+  return sink.waitQuiet({ notBefore: loadEndedAt + Math.max(BSP_SCHEDULE_DELAY_MS, metricsEveryMs) + 1000, quietMs: 1000, maxMs: 30_000 });
 }
 
 /**
@@ -394,9 +405,10 @@ function droppedInLogs(logs) {
  * @param {StopProbe | undefined} stopProbe
  * @param {string} logs
  * @param {number} [recordsMissing]
+ * @param {number} [countsMissing]
  * @returns {SpanFigures}
  */
-function spanFigures(received, requests, expected, stopProbe, logs, recordsMissing) {
+function spanFigures(received, requests, expected, stopProbe, logs, recordsMissing, countsMissing) {
   return {
     requests,
     received,
@@ -404,6 +416,7 @@ function spanFigures(received, requests, expected, stopProbe, logs, recordsMissi
     expected,
     missing: expected === undefined ? undefined : Math.round(requests * expected - received),
     recordsMissing,
+    countsMissing,
     stopProbe,
     ...droppedInLogs(logs),
   };
@@ -419,11 +432,12 @@ function spanFigures(received, requests, expected, stopProbe, logs, recordsMissi
  * @returns {Promise<StopProbe>}
  */
 async function stopProbe(sink, port, expected, stopApp) {
-  const before = (await sink.stats()).spans;
+  const before = await sink.stats();
   const requests = await sequentialItems(port, STOP_PROBE_REQUESTS);
   await stopApp();
-  const received = (await sink.waitQuiet({ quietMs: 1000, maxMs: 5000 })).spans - before;
-  return { requests, received, delivered: received / (requests * expected) };
+  const after = await sink.waitQuiet({ quietMs: 1000, maxMs: 5000 });
+  const received = after.spans - before.spans;
+  return { requests, received, delivered: received / (requests * expected), counted: after.requestsCounted - before.requestsCounted };
 }
 
 /**
@@ -466,14 +480,18 @@ async function runPm2(config, settings, expected) {
     let received = 0;
     /** @type {number | undefined} */
     let recordsMissing;
+    /** @type {number | undefined} */
+    let countsMissing;
     /** @type {StopProbe | undefined} */
     let probe;
     if (config.traced && measured.expected !== undefined) {
       settings.progress('waiting for spans');
-      const exported = await awaitExports(sink, measured.loadEndedAt);
+      const exported = await awaitExports(sink, measured.loadEndedAt, config.metricsEveryMs);
       received = exported.spans - spansBefore;
       // Each traced request logs one access record beside its span; each worker one line at start.
       if (config.records) recordsMissing = received + WORKERS - (exported.logRecords - sinkBefore.logRecords);
+      // The bench requests no excluded path (/healthz, /readyz): each request counted once, as it has one span.
+      if (config.metricsEveryMs !== undefined) countsMissing = received - (exported.requestsCounted - sinkBefore.requestsCounted);
       settings.progress(`${STOP_PROBE_REQUESTS} requests, then pm2 stop`);
       probe = await stopProbe(sink, port, measured.expected, stopApp);
     } else {
@@ -482,7 +500,7 @@ async function runPm2(config, settings, expected) {
       received = (await sink.waitQuiet({ quietMs: 500, maxMs: 2000 })).spans - spansBefore;
     }
     await pm2.run(['delete', name]);
-    const spans = spanFigures(received, measured.totalRequests, measured.expected, probe, pm2.logs(), recordsMissing);
+    const spans = spanFigures(received, measured.totalRequests, measured.expected, probe, pm2.logs(), recordsMissing, countsMissing);
     const sinkAfter = await sink.stats();
     const signals = { logRecords: sinkAfter.logRecords - sinkBefore.logRecords, metricExports: sinkAfter.metricExports - sinkBefore.metricExports };
     return { startupMs: firstOk - startedAt, restarts, ...measured.figures, ...signals, spans };
@@ -544,7 +562,7 @@ async function runOnce(config, round, settings, expected) {
  * @returns {RunResult}
  */
 function failed(config, round) {
-  const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, recordsMissing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
+  const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, recordsMissing: undefined, countsMissing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
   return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
 }
 
