@@ -204,9 +204,13 @@ function countRequests(buf) {
       });
     });
   });
+}
+
+/** @returns {number} see {@link SinkStats} `requestsCounted` */
+function requestsCounted() {
   let counted = deltaCount;
   for (const count of cumulativeCounts.values()) counted += count;
-  stats.requestsCounted = counted;
+  return counted;
 }
 
 /** @param {Buffer} payload */
@@ -248,7 +252,7 @@ function record(payload) {
 /** @returns {SinkStats} */
 function snapshot() {
   const cpu = process.cpuUsage();
-  return { ...stats, cpuMicros: cpu.user + cpu.system };
+  return { ...stats, cpuMicros: cpu.user + cpu.system, requestsCounted: requestsCounted() };
 }
 
 /** @param {Buffer} value */

@@ -41,9 +41,6 @@ const BSP_SCHEDULE_DELAY_MS = 5000;
  * @property {boolean} traced         whether spans are expected at the sink
  * @property {boolean} [records]      whether OTLP log records are expected: one a request (its
  *                                    access record, beside its span) and one a worker at start
- * @property {number} [metricsEveryMs] the OTLP metrics export interval, for a config that exports
- *                                    metrics: its `http.server.request.duration` histograms must
- *                                    count one request a span
  * @property {(sink: Sink) => Record<string, string>} [env]  what differs from the kit's defaults
  * @property {string} [preload]      replaces the kit's preload in node_args
  * @property {import('./peers').Peer} [peer]  installed into bench/.peers/ on demand; its preload replaces the kit's
@@ -101,7 +98,6 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     // 5 s rather than the default 60 s, so that exports fall within each load.
-    metricsEveryMs: 5000,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '5000', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
   },
   {
@@ -120,7 +116,6 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     records: true,
-    metricsEveryMs: 10_000,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_LOGS_EXPORTER: 'otlp', ACCESS_LOG: 'true' }),
   },
   // The peers: another vendor's agent preloaded into the same app, in place
@@ -486,12 +481,15 @@ async function runPm2(config, settings, expected) {
     let probe;
     if (config.traced && measured.expected !== undefined) {
       settings.progress('waiting for spans');
-      const exported = await awaitExports(sink, measured.loadEndedAt, config.metricsEveryMs);
+      // A config that sets the metrics export interval exports metrics: its
+      // `http.server.request.duration` histograms must count one request a span.
+      const metricsEveryMs = env.OTEL_METRIC_EXPORT_INTERVAL === undefined ? undefined : Number(env.OTEL_METRIC_EXPORT_INTERVAL);
+      const exported = await awaitExports(sink, measured.loadEndedAt, metricsEveryMs);
       received = exported.spans - spansBefore;
       // Each traced request logs one access record beside its span; each worker one line at start.
       if (config.records) recordsMissing = received + WORKERS - (exported.logRecords - sinkBefore.logRecords);
       // The bench requests no excluded path (/healthz, /readyz): each request counted once, as it has one span.
-      if (config.metricsEveryMs !== undefined) countsMissing = received - (exported.requestsCounted - sinkBefore.requestsCounted);
+      if (metricsEveryMs !== undefined) countsMissing = received - (exported.requestsCounted - sinkBefore.requestsCounted);
       settings.progress(`${STOP_PROBE_REQUESTS} requests, then pm2 stop`);
       probe = await stopProbe(sink, port, measured.expected, stopApp);
     } else {
