@@ -10,6 +10,7 @@
  *   BENCH_ROUNDS=5 BENCH_DURATION=20 npm run bench
  *   BENCH_CONFIGS=off,kit npm run bench          a subset (off is always needed)
  *   BENCH_SCENARIO=outage npm run bench          the kit with its collector up, unreachable, flapping
+ *   BENCH_SCENARIO=steady npm run bench          the same configs at a steady rate (BENCH_RATE req/s, 5000 by default)
  *   BENCH_LOADGEN=autocannon npm run bench       force the fallback load generator
  *   BENCH_QUIET_WAIT=0 npm run bench             do not wait for a quiet machine before each load
  *
@@ -22,7 +23,10 @@
  * `elastic` (another vendor's agent preloaded instead, installed into
  * bench/.peers/ on first use, sending to the sink's stand-in for its agent)
  * and `python` (the seed's FastAPI app, uninstrumented; skipped if not
- * installed). The outage scenario adds `unreachable` and `flapping`.
+ * installed). The outage scenario adds `unreachable` and `flapping`. The
+ * steady scenario loads the same configs at a steady rate, well below what
+ * each can answer, instead of as fast as they answer: its latencies are
+ * those of a server with headroom (what a dashboard shows), not of a queue.
  *
  * Rounds interleave the configs (in a rotating order), with `off` again after
  * each, and never run two at once; each load's ratios are taken to the `off`
@@ -50,6 +54,13 @@ const { NOISY_PCT } = report;
 /** @typedef {import('./lib/runner').RunResult} RunResult */
 
 /**
+ * The steady scenario's rate, requests a second over both workers: about a
+ * tenth of what `off` answers when saturated on this 2-core machine, a
+ * sixth of `all`, a third of the textbook setup (see README, Performance).
+ */
+const STEADY_RATE = 5000;
+
+/**
  * @param {string} name
  * @param {number} fallback
  * @param {boolean} [allowFraction]
@@ -69,9 +80,10 @@ function options() {
   const quick = args.includes('--quick');
   const wanted = (process.env.BENCH_CONFIGS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   const scenario = process.env.BENCH_SCENARIO?.trim() || undefined;
-  if (scenario !== undefined && scenario !== 'outage') throw new Error(`BENCH_SCENARIO: expected "outage", got ${JSON.stringify(scenario)}`);
-  // The outage scenario: off and kit as the collector-up references, then the outages.
-  const inScenario = (/** @type {Config} */ c) => (scenario === undefined ? c.scenario === undefined : c.scenario === scenario || c.id === 'off' || c.id === 'kit');
+  if (scenario !== undefined && scenario !== 'outage' && scenario !== 'steady') throw new Error(`BENCH_SCENARIO: expected "outage" or "steady", got ${JSON.stringify(scenario)}`);
+  if (process.env.BENCH_RATE !== undefined && scenario !== 'steady') throw new Error('BENCH_RATE is the steady scenario\'s rate: set BENCH_SCENARIO=steady too');
+  // The outage scenario: off and kit as the collector-up references, then the outages. The steady one: the usual configs.
+  const inScenario = (/** @type {Config} */ c) => (scenario === undefined || scenario === 'steady' ? c.scenario === undefined : c.scenario === scenario || c.id === 'off' || c.id === 'kit');
   const configs = CONFIGS.filter((c) => c.id === 'off' || (wanted.length === 0 ? inScenario(c) : wanted.includes(c.id)));
   for (const id of wanted) if (!CONFIGS.some((c) => c.id === id)) throw new Error(`BENCH_CONFIGS: unknown config "${id}" (known: ${CONFIGS.map((c) => c.id).join(', ')})`);
   return {
@@ -83,6 +95,7 @@ function options() {
     warmupS: quick ? 1 : positive('BENCH_WARMUP', 2),
     quietWaitS: process.env.BENCH_QUIET_WAIT === '0' ? 0 : positive('BENCH_QUIET_WAIT', quick ? 5 : 20),
     loadgen: process.env.BENCH_LOADGEN,
+    rate: scenario === 'steady' ? positive('BENCH_RATE', STEADY_RATE) : undefined,
   };
 }
 
@@ -161,7 +174,7 @@ function oneLine(r) {
 /**
  * Notes that depend on what was measured.
  * @param {import('./lib/report').ConfigSummary[]} summaries
- * @param {{ pythonNote: string, loadName: string, runs: RunResult[], envFile: string | undefined, quietWaitS: number }} context
+ * @param {{ pythonNote: string, loadName: string, runs: RunResult[], envFile: string | undefined, quietWaitS: number, rate: number | undefined }} context
  */
 function notesFor(summaries, context) {
   const notes = [];
@@ -194,7 +207,13 @@ function notesFor(summaries, context) {
   if (context.envFile !== undefined) notes.push(`${context.envFile} exists and every PM2 worker loads it (the kit's --env-file-if-exists): its settings apply to these figures.`);
   const loadgen = context.runs.filter((r) => r.error === undefined).map((r) => r.loadgenCpuPct);
   const share = loadgen.length > 0 ? ` The load generator itself used a median ${report.median(loadgen).toFixed(1)}% (${Math.min(...loadgen).toFixed(1)}–${Math.max(...loadgen).toFixed(1)}%) of the machine's CPU ("loadgen CPU %": its CPU time from /proc, as the driver's reaped child, / (wall time × cores)).` : '';
-  notes.push(`Load: ${context.loadName}, on the same cores as the servers, so req/s is what is left to the servers; CPU per request is the workers' own (user + system time from /proc over the load, divided by the requests answered), much less sensitive to the load generator than req/s, though not immune: a server starved of CPU batches fewer requests per event-loop turn.${share}`);
+  if (context.rate === undefined) {
+    notes.push(`Load: ${context.loadName}, on the same cores as the servers, so req/s is what is left to the servers; CPU per request is the workers' own (user + system time from /proc over the load, divided by the requests answered), much less sensitive to the load generator than req/s, though not immune: a server starved of CPU batches fewer requests per event-loop turn.${share}`);
+  } else {
+    notes.push(
+      `Load: ${context.loadName}, on the same cores as the servers. req/s is the rate offered, met by a config that answers close to it: a config that falls short of it was saturated, and its latencies are a queue's. CPU per request is the workers' own (user + system time from /proc over the load, divided by the requests answered); at this rate a worker sleeps between requests and is woken for nearly each one, which a saturated worker spreads over many, so it is higher than in the saturated run for every config: compare ratios, not microseconds, across the two. wrk measures each latency from the request's send; a connection waiting on a held request sends its next one later, so a pause longer than the mean wait is counted in fewer requests than an open-loop load would count.${share}`,
+    );
+  }
   notes.push(
     `"spans missing" = requests × spans per request − spans received, counted ${BSP_SCHEDULE_DELAY_MS / 1000 + 1} s after the load (OTEL_BSP_SCHEDULE_DELAY + 1 s, so every batch has left; for a config that exports metrics, its export interval + 1 s, so every worker has exported its histograms since) and before stopping; "requests missing from metrics" = spans received − the requests counted by the workers' \`http.server.request.duration\` histograms by then (the sink keeps the latest count of each cumulative series: the bench requests no path the kit leaves out of spans, so each request has one span and one count); up to 50 requests per load-generator run are still in flight when it stops counting, so small negatives are shown as 0. "spans kept at stop": ${STOP_PROBE_REQUESTS} requests one by one, then \`pm2 stop\` at once, before any batch timer fires. The textbook preload sets no diag logger, so its drops are never logged.`,
   );
@@ -214,7 +233,7 @@ function markdown(opts, host, load, notes, tables) {
     '',
     `${host.date} · ${host.cpu}, ${host.cores} cores, ${host.ramGiB} GiB RAM · ${host.os} · Node ${host.node} · PM2 ${host.pm2} · load average at start ${host.loadAverageAtStart.join(' / ')}`,
     '',
-    `${opts.rounds} round(s), configs interleaved in rotating order, off again after each (so every config runs between two off loads); per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/123; ${WORKERS} workers each. Run with \`${opts.scenario === undefined ? '' : `BENCH_SCENARIO=${opts.scenario} `}npm run bench\`.`,
+    `${opts.rounds} round(s), configs interleaved in rotating order, off again after each (so every config runs between two off loads); per config per round: start, ${opts.warmupS} s warm-up, ${opts.durationS} s load of GET /items/123${opts.rate === undefined ? '' : ` at a steady ~${opts.rate} req/s`}; ${WORKERS} workers each. Run with \`${opts.scenario === undefined ? '' : `BENCH_SCENARIO=${opts.scenario} `}npm run bench\`.`,
     '',
     '![req/s, CPU per request, RSS and p99 relative to off](latest.svg)',
     '',
@@ -246,7 +265,7 @@ async function main() {
   if (!fs.existsSync(path.join(ROOT, 'dist', 'otel', 'register.js'))) throw new Error('dist/ is missing: run `npm run build` (npm run bench does)');
   cleanupOnSignals();
   const host = machine();
-  const load = chooseLoadGenerator(opts.loadgen);
+  const load = chooseLoadGenerator(opts.loadgen, opts.rate);
 
   let configs = opts.configs;
   let python;
@@ -289,7 +308,7 @@ async function main() {
 
   const summaries = report.summarize(configs, runs);
   const tables = [report.summaryTable(summaries, opts.rounds), report.ratioTable(summaries), report.roundsTable(runs)];
-  const notes = notesFor(summaries, { pythonNote, loadName: load.name, runs, envFile: kitEnvFile(), quietWaitS: opts.quietWaitS });
+  const notes = notesFor(summaries, { pythonNote, loadName: load.name, runs, envFile: kitEnvFile(), quietWaitS: opts.quietWaitS, rate: opts.rate });
   notes.push(
     `The sink answered ${totals.metricExports} metrics exports and ${totals.logExports} logs exports (${totals.logRecords} log records) over the whole run, and counted ${totals.ddTraces} Datadog traces and ${totals.apmTransactions} Elastic transactions; ${totals.malformed} payloads it could not parse; the flapping collector refused ${totals.refused} exports.`,
   );
@@ -303,7 +322,7 @@ async function main() {
   const dir = opts.quick ? path.join(__dirname, 'results', 'tmp') : path.join(__dirname, 'results');
   const base = opts.quick ? 'quick' : (opts.scenario ?? 'latest');
   fs.mkdirSync(dir, { recursive: true });
-  const settings = { rounds: opts.rounds, durationS: opts.durationS, warmupS: opts.warmupS, quietWaitS: opts.quietWaitS, workers: WORKERS, loadGenerator: load.name, python: pythonNote, peers };
+  const settings = { rounds: opts.rounds, durationS: opts.durationS, warmupS: opts.warmupS, quietWaitS: opts.quietWaitS, workers: WORKERS, loadGenerator: load.name, rate: opts.rate, python: pythonNote, peers };
   const json = { machine: host, settings, configs: configs.map(({ id, title }) => ({ id, title })), summaries, runs, notes };
   fs.writeFileSync(path.join(dir, `${base}.json`), `${JSON.stringify(json, null, 2)}\n`);
   fs.writeFileSync(path.join(dir, `${base}.md`), markdown({ ...opts, configs }, host, load, notes, tables).replace('(latest.svg)', `(${base}.svg)`));

@@ -15,6 +15,7 @@ import { SeverityNumber } from '@opentelemetry/api';
 import { ExportResultCode, hrTimeToMicroseconds, type ExportResult } from '@opentelemetry/core';
 import type { LogRecordExporter, ReadableLogRecord } from '@opentelemetry/sdk-logs';
 
+import { EncodeAheadExporter } from './otlpTraceExporter';
 import type { OtlpProtocol } from './settings';
 
 export function createOtlpLogExporter(protocol: OtlpProtocol, url: string): LogRecordExporter {
@@ -24,16 +25,19 @@ export function createOtlpLogExporter(protocol: OtlpProtocol, url: string): LogR
       const { createOtlpGrpcExportDelegate, convertLegacyOtlpGrpcOptions } = require('@opentelemetry/otlp-grpc-exporter-base') as typeof import('@opentelemetry/otlp-grpc-exporter-base');
       const { LogsExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
       const { FastProtobufLogsSerializer } = require('./logSerializer') as typeof import('./logSerializer');
-      return new OTLPExporterBase(
-        createOtlpGrpcExportDelegate(
-          convertLegacyOtlpGrpcOptions({ url }, 'LOGS'),
-          FastProtobufLogsSerializer,
-          'otlp_grpc_log_exporter',
-          LogsExporterMetricsHelper,
-          undefined,
-          'LogsExportService',
-          '/opentelemetry.proto.collector.logs.v1.LogsService/Export',
+      return new EncodeAheadExporter(
+        new OTLPExporterBase(
+          createOtlpGrpcExportDelegate(
+            convertLegacyOtlpGrpcOptions({ url }, 'LOGS'),
+            FastProtobufLogsSerializer,
+            'otlp_grpc_log_exporter',
+            LogsExporterMetricsHelper,
+            undefined,
+            'LogsExportService',
+            '/opentelemetry.proto.collector.logs.v1.LogsService/Export',
+          ),
         ),
+        FastProtobufLogsSerializer,
       );
     }
     case 'http/protobuf': {
@@ -41,14 +45,17 @@ export function createOtlpLogExporter(protocol: OtlpProtocol, url: string): LogR
       const { createOtlpHttpExportDelegate, convertLegacyHttpOptions } = require('@opentelemetry/otlp-exporter-base/node-http') as typeof import('@opentelemetry/otlp-exporter-base/node-http');
       const { LogsExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
       const { FastProtobufLogsSerializer } = require('./logSerializer') as typeof import('./logSerializer');
-      return new OTLPExporterBase(
-        createOtlpHttpExportDelegate(
-          convertLegacyHttpOptions({ url }, 'LOGS', 'v1/logs', { 'Content-Type': 'application/x-protobuf' }),
-          FastProtobufLogsSerializer,
-          'otlp_http_log_exporter',
-          LogsExporterMetricsHelper,
-          undefined,
+      return new EncodeAheadExporter(
+        new OTLPExporterBase(
+          createOtlpHttpExportDelegate(
+            convertLegacyHttpOptions({ url }, 'LOGS', 'v1/logs', { 'Content-Type': 'application/x-protobuf' }),
+            FastProtobufLogsSerializer,
+            'otlp_http_log_exporter',
+            LogsExporterMetricsHelper,
+            undefined,
+          ),
         ),
+        FastProtobufLogsSerializer,
       );
     }
     case 'http/json': {

@@ -17,6 +17,7 @@ import type { IExportLogsServiceResponse } from '@opentelemetry/otlp-transformer
 import type { ReadableLogRecord } from '@opentelemetry/sdk-logs';
 
 import {
+  encodeInSlices,
   encodeRequest,
   finishGroup,
   finishMessage,
@@ -29,8 +30,10 @@ import {
   writeFixed32,
   writeHrTime,
   writeId,
+  writeItems,
   writeString,
   writeVarint,
+  type EncodedAhead,
 } from './traceSerializer';
 
 export interface LogsSerializer {
@@ -82,7 +85,7 @@ function writeScopeLogs(scope: Scope, records: ReadableLogRecord[]): void {
   if (scope.attributes) writeAttributes(scope.attributes, 0x1a);
   if (scope.droppedAttributesCount) writeCount(0x20, scope.droppedAttributesCount);
   finishMessage(start, 1);
-  for (const record of records) writeLogRecord(record);
+  writeItems(records, writeLogRecord);
   if (scope.schemaUrl) writeStringField(0x1a, scope.schemaUrl);
   finishGroup(group);
 }
@@ -103,12 +106,24 @@ function writeResourceLogs(resource: Resource, scopes: Map<Scope, ReadableLogRec
 
 let library: typeof import('@opentelemetry/otlp-transformer') | undefined;
 
-export const FastProtobufLogsSerializer: LogsSerializer = {
+function writeLogsRequest(resources: Map<Resource, Map<Scope, ReadableLogRecord[]>>): void {
+  for (const [resource, scopes] of resources) writeResourceLogs(resource, scopes);
+}
+
+/** Requests encoded ahead by `encodeAhead`, by the batch the exporter is given. */
+const recordsAhead = new WeakMap<ReadableLogRecord[], Uint8Array>();
+
+export const FastProtobufLogsSerializer: LogsSerializer & EncodedAhead<ReadableLogRecord> = {
   serializeRequest(records: ReadableLogRecord[]): Uint8Array {
-    const resources = groupByResourceAndScope(records);
-    return encodeRequest(() => {
-      for (const [resource, scopes] of resources) writeResourceLogs(resource, scopes);
-    });
+    const ahead = recordsAhead.get(records);
+    if (ahead !== undefined) {
+      recordsAhead.delete(records);
+      return ahead;
+    }
+    return encodeRequest(() => writeLogsRequest(groupByResourceAndScope(records)));
+  },
+  async encodeAhead(records: ReadableLogRecord[]): Promise<void> {
+    recordsAhead.set(records, await encodeInSlices(records, writeLogRecord, writeLogsRequest));
   },
   deserializeResponse(data: Uint8Array): IExportLogsServiceResponse {
     library ??= require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');

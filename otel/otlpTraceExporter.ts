@@ -8,9 +8,51 @@
  *
  * Each package is required only for the protocol in use.
  */
+import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
 
 import type { OtlpProtocol } from './settings';
+import type { EncodedAhead } from './traceSerializer';
+
+interface Exporter<T> {
+  export(items: T[], resultCallback: (result: ExportResult) => void): void;
+  shutdown(): Promise<void>;
+  forceFlush?(): Promise<void>;
+}
+
+/**
+ * An OTLP exporter whose batches are encoded ahead, a slice at a time
+ * between turns of the event loop (`encodeInSlices` in traceSerializer.ts),
+ * then handed to the library's exporter, whose serializer returns the bytes
+ * encoded ahead: the request on the wire is the same, and no batch's
+ * encoding holds the event loop for more than a slice. If encoding ahead
+ * fails, the exporter encodes at export as before, with the same error.
+ */
+export class EncodeAheadExporter<T> implements Exporter<T> {
+  constructor(
+    private readonly inner: Exporter<T>,
+    private readonly serializer: EncodedAhead<T>,
+  ) {}
+
+  export(items: T[], resultCallback: (result: ExportResult) => void): void {
+    const send = (): void => {
+      try {
+        this.inner.export(items, resultCallback);
+      } catch (error) {
+        resultCallback({ code: ExportResultCode.FAILED, error: error instanceof Error ? error : new Error(String(error)) });
+      }
+    };
+    this.serializer.encodeAhead(items).then(send, send);
+  }
+
+  shutdown(): Promise<void> {
+    return this.inner.shutdown();
+  }
+
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush?.() ?? Promise.resolve();
+  }
+}
 
 export function createOtlpTraceExporter(protocol: OtlpProtocol, url: string): SpanExporter {
   switch (protocol) {
@@ -19,16 +61,19 @@ export function createOtlpTraceExporter(protocol: OtlpProtocol, url: string): Sp
       const { createOtlpGrpcExportDelegate, convertLegacyOtlpGrpcOptions } = require('@opentelemetry/otlp-grpc-exporter-base') as typeof import('@opentelemetry/otlp-grpc-exporter-base');
       const { TraceExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
       const { FastProtobufTraceSerializer } = require('./traceSerializer') as typeof import('./traceSerializer');
-      return new OTLPExporterBase(
-        createOtlpGrpcExportDelegate(
-          convertLegacyOtlpGrpcOptions({ url }, 'TRACES'),
-          FastProtobufTraceSerializer,
-          'otlp_grpc_span_exporter',
-          TraceExporterMetricsHelper,
-          undefined,
-          'TraceExportService',
-          '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
+      return new EncodeAheadExporter(
+        new OTLPExporterBase(
+          createOtlpGrpcExportDelegate(
+            convertLegacyOtlpGrpcOptions({ url }, 'TRACES'),
+            FastProtobufTraceSerializer,
+            'otlp_grpc_span_exporter',
+            TraceExporterMetricsHelper,
+            undefined,
+            'TraceExportService',
+            '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
+          ),
         ),
+        FastProtobufTraceSerializer,
       );
     }
     case 'http/protobuf': {
@@ -36,14 +81,17 @@ export function createOtlpTraceExporter(protocol: OtlpProtocol, url: string): Sp
       const { createOtlpHttpExportDelegate, convertLegacyHttpOptions } = require('@opentelemetry/otlp-exporter-base/node-http') as typeof import('@opentelemetry/otlp-exporter-base/node-http');
       const { TraceExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
       const { FastProtobufTraceSerializer } = require('./traceSerializer') as typeof import('./traceSerializer');
-      return new OTLPExporterBase(
-        createOtlpHttpExportDelegate(
-          convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
-          FastProtobufTraceSerializer,
-          'otlp_http_span_exporter',
-          TraceExporterMetricsHelper,
-          undefined,
+      return new EncodeAheadExporter(
+        new OTLPExporterBase(
+          createOtlpHttpExportDelegate(
+            convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
+            FastProtobufTraceSerializer,
+            'otlp_http_span_exporter',
+            TraceExporterMetricsHelper,
+            undefined,
+          ),
         ),
+        FastProtobufTraceSerializer,
       );
     }
     case 'http/json': {

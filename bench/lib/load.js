@@ -8,6 +8,13 @@
  * per-request scripting, one thread: a load generator that itself takes much
  * CPU leaves the servers less of it, and compresses every ratio toward 1.
  * Both report through one JSON line.
+ *
+ * At a steady rate (BENCH_SCENARIO=steady), wrk's connections each wait a
+ * random time between a response and their next request (exponential, mean
+ * CONNECTIONS / rate: Poisson arrivals at about that rate overall), so that
+ * latency is measured on a server that is not saturated, as a dashboard
+ * shows it for a service with headroom, rather than the queue of a
+ * saturated one.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -54,11 +61,12 @@ function wrkVersion() {
  * Runs a command to completion and parses its BENCH_JSON line.
  * @param {string} command
  * @param {string[]} args
+ * @param {Record<string, string>} [env]  added to the bench's own
  * @returns {Promise<LoadResult>}
  */
-function runJson(command, args) {
+function runJson(command, args, env = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const forget = onCleanup(command, () => void child.kill('SIGKILL'));
     child.on('exit', () => void forget());
     let output = '';
@@ -84,21 +92,30 @@ function runJson(command, args) {
 }
 
 /**
- * Picks wrk, or autocannon; BENCH_LOADGEN=wrk|autocannon forces one.
+ * Picks wrk, or autocannon; BENCH_LOADGEN=wrk|autocannon forces one. With
+ * a rate (requests a second over all connections), wrk at that steady rate.
  * @param {string | undefined} forced
+ * @param {number} [rate]
  * @returns {LoadGenerator}
  */
-function chooseLoadGenerator(forced) {
+function chooseLoadGenerator(forced, rate) {
   const version = forced === 'autocannon' ? undefined : wrkVersion();
   if (version !== undefined) {
     const script = path.join(__dirname, '..', 'wrk', 'items.lua');
+    // The mean wait of a connection between a response and its next request (items.lua).
+    const thinkMs = rate === undefined ? undefined : (CONNECTIONS * 1000) / rate;
+    const pace = thinkMs === undefined ? '(no per-request Lua)' : `at a steady ~${rate} req/s (each connection waits a random time of mean ${thinkMs.toFixed(1)} ms before its next request: Poisson arrivals)`;
     return {
-      name: `wrk ${version}, ${THREADS} thread, ${CONNECTIONS} connections, GET ${ITEM_PATH} (no per-request Lua)`,
+      name: `wrk ${version}, ${THREADS} thread, ${CONNECTIONS} connections, GET ${ITEM_PATH} ${pace}`,
       run: (port, seconds) =>
-        runJson('wrk', ['-t', String(THREADS), '-c', String(CONNECTIONS), '-d', `${seconds}s`, '--timeout', '5s', '-s', script, `http://127.0.0.1:${port}${ITEM_PATH}`]),
+        runJson(
+          'wrk',
+          ['-t', String(THREADS), '-c', String(CONNECTIONS), '-d', `${seconds}s`, '--timeout', '5s', '-s', script, `http://127.0.0.1:${port}${ITEM_PATH}`],
+          thinkMs === undefined ? {} : { BENCH_THINK_MS: String(thinkMs) },
+        ),
     };
   }
-  if (forced === 'wrk') throw new Error('BENCH_LOADGEN=wrk but wrk is not installed (apt-get install -y wrk)');
+  if (forced === 'wrk' || rate !== undefined) throw new Error(`${rate === undefined ? 'BENCH_LOADGEN=wrk' : 'a steady rate (BENCH_SCENARIO=steady) needs wrk'}, but wrk is not installed (apt-get install -y wrk)`);
   const acVersion = JSON.parse(fs.readFileSync(require.resolve('autocannon/package.json'), 'utf8')).version;
   const child = path.join(__dirname, 'autocannon-child.js');
   return {

@@ -3,6 +3,17 @@
 -- request (GET /items/123) at full C speed, so the load generator's CPU share
 -- stays small and stable; done() adds what `--latency` lacks: p99.9, and one
 -- JSON line (prefixed BENCH_JSON) for bench/lib/load.js to parse. Latencies in µs.
+--
+-- At a steady rate (BENCH_THINK_MS set, by bench/lib/load.js), delay() makes
+-- each connection wait a random time, exponential with that mean, between a
+-- response and its next request: Poisson arrivals at connections / mean
+-- overall. wrk takes whole milliseconds (it truncates), hence the 0.5 that
+-- keeps the mean; it measures each latency from the request's send.
+local think = tonumber(os.getenv('BENCH_THINK_MS') or '')
+if think then
+  delay = function() return 0.5 - think * math.log(1 - math.random()) end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -300,3 +300,35 @@ describe('FastProtobufLogsSerializer, generated records', () => {
     one({ body: undefined, severityNumber: SeverityNumber.UNSPECIFIED, severityText: undefined, droppedAttributesCount: -5 });
   });
 });
+
+describe('FastProtobufLogsSerializer, encoded ahead in slices', () => {
+  async function encodedAhead(records: ReadableLogRecord[]): Promise<Uint8Array> {
+    await FastProtobufLogsSerializer.encodeAhead(records);
+    return FastProtobufLogsSerializer.serializeRequest(records);
+  }
+
+  test('the same bytes as the library: real records, 512 access records, groups of several slices', async () => {
+    for (const records of [realRecords(), [], accessRecords(512), [...accessRecords(200), ...realRecords(), ...accessRecords(65), ...realRecords()]]) {
+      expect(firstDifference(await encodedAhead(records), library(records))).toBe(-1);
+    }
+  });
+
+  test('batches encoded at the same time, and requests of either serializer written between their slices, do not mix', async () => {
+    const records = accessRecords(512);
+    const other = accessRecords(130);
+    const real = realRecords();
+    const between = (async (): Promise<Uint8Array[]> => {
+      const written: Uint8Array[] = [];
+      for (let i = 0; i < 8; i++) {
+        await new Promise((resolve) => setImmediate(resolve));
+        written.push(FastProtobufTraceSerializer.serializeRequest([]), FastProtobufLogsSerializer.serializeRequest(real));
+      }
+      return written;
+    })();
+    const [a, b, written] = await Promise.all([encodedAhead(records), encodedAhead(other), between]);
+    expect(firstDifference(a, library(records))).toBe(-1);
+    expect(firstDifference(b, library(other))).toBe(-1);
+    expect(written.filter((bytes) => bytes.length > 0).every((bytes) => firstDifference(bytes, library(real)) === -1)).toBe(true);
+    expect(written).toHaveLength(16);
+  });
+});

@@ -11,6 +11,8 @@ import { TraceState } from '@opentelemetry/core';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import { resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace';
+import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
+import { EncodeAheadExporter } from '../../otel/otlpTraceExporter';
 import { FastProtobufTraceSerializer } from '../../otel/traceSerializer';
 import { attributes, count, firstDifference, hexId, hrTime, optional, resource, scope, text } from '../helpers/protobufFixtures';
 
@@ -385,5 +387,146 @@ describe('FastProtobufTraceSerializer, generated spans', () => {
     // Strings whose UTF-8 length needs a longer varint than their character count.
     const strings = { ['é'.repeat(64)]: 'é'.repeat(64), a: `${'a'.repeat(120)}éèê`, b: `${'b'.repeat(16_380)}ü`, c: '\udfff'.repeat(50) };
     expectSameBytes([toReadableSpan({ ...base, name: 'ø'.repeat(70), attributes: strings }, res, sc)]);
+  });
+});
+
+/** The bytes encoded ahead, as the exporter's serializeRequest hands them over. */
+async function encodedAhead(spans: ReadableSpan[]): Promise<Uint8Array> {
+  await FastProtobufTraceSerializer.encodeAhead(spans);
+  return FastProtobufTraceSerializer.serializeRequest(spans);
+}
+
+async function expectSameBytesAhead(spans: ReadableSpan[]): Promise<void> {
+  const expected = library(spans);
+  const actual = await encodedAhead(spans);
+  expect({ length: actual.length, firstDifference: firstDifference(actual, expected) }).toEqual({ length: expected.length, firstDifference: -1 });
+}
+
+describe('FastProtobufTraceSerializer, encoded ahead in slices', () => {
+  test('the same bytes as the library: real spans, one span, 512 spans, huge spans', async () => {
+    await expectSameBytesAhead(realSpans());
+    await expectSameBytesAhead([]);
+    await expectSameBytesAhead(serverSpans(1));
+    await expectSameBytesAhead(serverSpans(512));
+    // Several groups of more than a slice each, interleaved.
+    const many = [...serverSpans(150), ...realSpans(), ...serverSpans(70), ...realSpans()];
+    await expectSameBytesAhead(many);
+    const { provider: tracerProvider, exporter } = provider(resourceFromAttributes({ 'service.name': 'huge' }));
+    tracerProvider.getTracer('huge').startSpan('huge', { attributes: { ascii: 'a'.repeat(HUGE), accents: 'é'.repeat(HUGE / 2 + 1) } }, ROOT_CONTEXT).end();
+    await expectSameBytesAhead([...serverSpans(100), ...exporter.getFinishedSpans(), ...serverSpans(3)]);
+  });
+
+  test('generated batches of several slices: the same bytes as the library', async () => {
+    await fc.assert(
+      fc.asyncProperty(batch, fc.integer({ min: 1, max: 40 }), async (spans, times) => {
+        const repeated = Array.from({ length: times }, () => spans).flat();
+        return firstDifference(await encodedAhead(repeated), library(repeated)) === -1;
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  test('the event loop turns between slices, and batches encoded at the same time do not mix', async () => {
+    // Spans that take a few ms each to encode: a slice each, or close to it.
+    const { provider: tracerProvider, exporter } = provider(resourceFromAttributes({ 'service.name': 'slow' }));
+    for (let i = 0; i < 6; i++) tracerProvider.getTracer('slow').startSpan(`slow ${i}`, { attributes: { long: `${i}${'é'.repeat(HUGE)}` } }, ROOT_CONTEXT).end();
+    const slow = [...serverSpans(40), ...exporter.getFinishedSpans(), ...serverSpans(40)];
+    const others = [...realSpans(), ...serverSpans(300)];
+    let turns = 0;
+    let counting = true;
+    const count = (): void => {
+      turns += 1;
+      if (counting) setImmediate(count);
+    };
+    setImmediate(count);
+    const [bytes, otherBytes] = await Promise.all([encodedAhead(slow), encodedAhead(others)]);
+    counting = false;
+    expect(turns).toBeGreaterThanOrEqual(3);
+    expect(firstDifference(bytes, library(slow))).toBe(-1);
+    expect(firstDifference(otherBytes, library(others))).toBe(-1);
+  });
+
+  test('the bytes encoded ahead are handed over once; the same batch is encoded again at its next export', async () => {
+    const spans = serverSpans(100);
+    await FastProtobufTraceSerializer.encodeAhead(spans);
+    const first = FastProtobufTraceSerializer.serializeRequest(spans);
+    const second = FastProtobufTraceSerializer.serializeRequest(spans);
+    expect(second).not.toBe(first);
+    expect(firstDifference(second, first)).toBe(-1);
+    // Another array of the same spans is not the batch encoded ahead.
+    await FastProtobufTraceSerializer.encodeAhead(spans);
+    expect(FastProtobufTraceSerializer.serializeRequest([...spans])).not.toBe(FastProtobufTraceSerializer.serializeRequest(spans));
+  });
+});
+
+describe('EncodeAheadExporter', () => {
+  function exportThrough(inner: ConstructorParameters<typeof EncodeAheadExporter<ReadableSpan>>[0], spans: ReadableSpan[]): Promise<ExportResult> {
+    const exporter = new EncodeAheadExporter(inner, FastProtobufTraceSerializer);
+    return new Promise((resolve) => exporter.export(spans, resolve));
+  }
+
+  test('hands the library exporter the same batch, whose serialization is then the bytes encoded ahead', async () => {
+    const spans = serverSpans(130);
+    let sent: Uint8Array | undefined;
+    const result = await exportThrough(
+      {
+        export: (items, callback) => {
+          expect(items).toBe(spans);
+          sent = FastProtobufTraceSerializer.serializeRequest(items);
+          callback({ code: ExportResultCode.SUCCESS });
+        },
+        shutdown: () => Promise.resolve(),
+      },
+      spans,
+    );
+    expect(result.code).toBe(ExportResultCode.SUCCESS);
+    expect(firstDifference(sent!, library(spans))).toBe(-1);
+  });
+
+  test('an exporter that throws fails the export instead of rejecting a promise nobody holds', async () => {
+    const result = await exportThrough(
+      {
+        export: () => {
+          throw new Error('cannot serialize');
+        },
+        shutdown: () => Promise.resolve(),
+      },
+      serverSpans(2),
+    );
+    expect(result).toEqual({ code: ExportResultCode.FAILED, error: new Error('cannot serialize') });
+  });
+
+  test('spans the encoder cannot write go to the library exporter all the same, which fails as before', async () => {
+    const broken = { ...serverSpans(1)[0]!, spanContext: (): SpanContext => { throw new Error('no context'); } } as ReadableSpan;
+    let exported = 0;
+    const result = await exportThrough(
+      {
+        export: (items, callback) => {
+          exported += 1;
+          try {
+            FastProtobufTraceSerializer.serializeRequest(items);
+            callback({ code: ExportResultCode.SUCCESS });
+          } catch (error) {
+            callback({ code: ExportResultCode.FAILED, error: error as Error });
+          }
+        },
+        shutdown: () => Promise.resolve(),
+      },
+      [broken],
+    );
+    expect(exported).toBe(1);
+    expect(result).toEqual({ code: ExportResultCode.FAILED, error: new Error('no context') });
+  });
+
+  test('shutdown and forceFlush reach the library exporter', async () => {
+    const calls: string[] = [];
+    const exporter = new EncodeAheadExporter<ReadableSpan>(
+      { export: () => undefined, shutdown: async () => void calls.push('shutdown'), forceFlush: async () => void calls.push('forceFlush') },
+      FastProtobufTraceSerializer,
+    );
+    await exporter.forceFlush();
+    await exporter.shutdown();
+    expect(calls).toEqual(['forceFlush', 'shutdown']);
+    await expect(new EncodeAheadExporter<ReadableSpan>({ export: () => undefined, shutdown: () => Promise.resolve() }, FastProtobufTraceSerializer).forceFlush()).resolves.toBeUndefined();
   });
 });
