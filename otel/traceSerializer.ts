@@ -22,6 +22,10 @@
  * - short ASCII strings are written by a `charCodeAt` loop; longer or
  *   non-ASCII ones by Buffer's UTF-8 encoder, one native call.
  *
+ * The exporters encode each batch ahead of its export, in slices of about
+ * 0.5 ms between turns of the event loop ({@link encodeInSlices}), so that
+ * no export holds the event loop for a whole batch.
+ *
  * The output is byte for byte the library's, quirks included (dropped counts
  * and status always written, ids decoded by the library's lenient hex rules,
  * spans grouped by resource and scope object identity in first-seen order);
@@ -605,7 +609,7 @@ export function writeItems<T>(items: T[], writeItem: (item: T) => void): void {
  * grew by up to 40 MB: by time, a saturated worker (hot caches, ~1.5 µs a
  * span) encodes a batch in two or three slices.
  */
-export const SLICE_MS = 0.5;
+const SLICE_MS = 0.5;
 /** Items written between two looks at the clock. */
 const ITEMS_PER_CHECK = 8;
 
