@@ -17,11 +17,9 @@ import type { IExportLogsServiceResponse } from '@opentelemetry/otlp-transformer
 import type { ReadableLogRecord } from '@opentelemetry/sdk-logs';
 
 import {
-  encodeInSlices,
-  encodeRequest,
   finishGroup,
   finishMessage,
-  groupByResourceAndScope,
+  requestEncoders,
   startGroup,
   startMessage,
   writeAnyValue,
@@ -110,21 +108,8 @@ function writeLogsRequest(resources: Map<Resource, Map<Scope, ReadableLogRecord[
   for (const [resource, scopes] of resources) writeResourceLogs(resource, scopes);
 }
 
-/** Requests encoded ahead by `encodeAhead`, by the batch the exporter is given. */
-const recordsAhead = new WeakMap<ReadableLogRecord[], Uint8Array>();
-
 export const FastProtobufLogsSerializer: LogsSerializer & EncodedAhead<ReadableLogRecord> = {
-  serializeRequest(records: ReadableLogRecord[]): Uint8Array {
-    const ahead = recordsAhead.get(records);
-    if (ahead !== undefined) {
-      recordsAhead.delete(records);
-      return ahead;
-    }
-    return encodeRequest(() => writeLogsRequest(groupByResourceAndScope(records)));
-  },
-  async encodeAhead(records: ReadableLogRecord[]): Promise<void> {
-    recordsAhead.set(records, await encodeInSlices(records, writeLogRecord, writeLogsRequest));
-  },
+  ...requestEncoders(writeLogRecord, writeLogsRequest),
   deserializeResponse(data: Uint8Array): IExportLogsServiceResponse {
     library ??= require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
     return library.ProtobufLogsSerializer.deserializeResponse(data);

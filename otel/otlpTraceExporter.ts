@@ -11,14 +11,9 @@
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
 
+import type { ItemExporter } from './retryingExporter';
 import type { OtlpProtocol } from './settings';
 import type { EncodedAhead } from './traceSerializer';
-
-interface Exporter<T> {
-  export(items: T[], resultCallback: (result: ExportResult) => void): void;
-  shutdown(): Promise<void>;
-  forceFlush?(): Promise<void>;
-}
 
 /**
  * An OTLP exporter whose batches are encoded ahead, a slice at a time
@@ -28,9 +23,9 @@ interface Exporter<T> {
  * encoding holds the event loop for more than a slice. If encoding ahead
  * fails, the exporter encodes at export as before, with the same error.
  */
-export class EncodeAheadExporter<T> implements Exporter<T> {
+export class EncodeAheadExporter<T> implements ItemExporter<T> {
   constructor(
-    private readonly inner: Exporter<T>,
+    private readonly inner: ItemExporter<T>,
     private readonly serializer: EncodedAhead<T>,
   ) {}
 

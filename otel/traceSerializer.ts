@@ -528,18 +528,6 @@ function writeSpansRequest(resources: Map<Resource, Map<Scope, ReadableSpan[]>>)
   for (const [resource, scopes] of resources) writeResourceSpans(resource, scopes);
 }
 
-/** Requests encoded ahead by {@link EncodedAhead.encodeAhead}, by the batch the exporter is given. */
-const spansAhead = new WeakMap<ReadableSpan[], Uint8Array>();
-
-function serializeRequest(spans: ReadableSpan[]): Uint8Array {
-  const ahead = spansAhead.get(spans);
-  if (ahead !== undefined) {
-    spansAhead.delete(spans);
-    return ahead;
-  }
-  return encodeRequest(() => writeSpansRequest(groupByResourceAndScope(spans)));
-}
-
 // For the other signals' encoders (logSerializer.ts), which write through the primitives above.
 
 /** A tag, then `reserved` bytes for the length of the message that follows; returns where they start, for {@link finishMessage}. */
@@ -623,7 +611,7 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
  * item fields (an item's field does not depend on where it is written); the
  * last step writes the groups around them.
  */
-export async function encodeInSlices<T extends { readonly resource: object; readonly instrumentationScope: object }>(
+async function encodeInSlices<T extends { readonly resource: object; readonly instrumentationScope: object }>(
   items: T[],
   writeItem: (item: T) => void,
   writeGroups: (groups: Map<T['resource'], Map<T['instrumentationScope'], T[]>>) => void,
@@ -666,13 +654,36 @@ export interface EncodedAhead<T> {
   encodeAhead(items: T[]): Promise<void>;
 }
 
+/**
+ * The request encoders of a signal (spans, log records), from how it writes
+ * one item and the groups around them: `serializeRequest` hands over the
+ * bytes encoded ahead for that batch, once, or encodes it in one pass.
+ */
+export function requestEncoders<T extends { readonly resource: object; readonly instrumentationScope: object }>(
+  writeItem: (item: T) => void,
+  writeGroups: (groups: Map<T['resource'], Map<T['instrumentationScope'], T[]>>) => void,
+): EncodedAhead<T> & { serializeRequest(items: T[]): Uint8Array } {
+  /** Requests encoded ahead, by the batch the exporter is given. */
+  const ahead = new WeakMap<T[], Uint8Array>();
+  return {
+    serializeRequest(items: T[]): Uint8Array {
+      const bytes = ahead.get(items);
+      if (bytes !== undefined) {
+        ahead.delete(items);
+        return bytes;
+      }
+      return encodeRequest(() => writeGroups(groupByResourceAndScope(items)));
+    },
+    async encodeAhead(items: T[]): Promise<void> {
+      ahead.set(items, await encodeInSlices(items, writeItem, writeGroups));
+    },
+  };
+}
+
 let library: typeof import('@opentelemetry/otlp-transformer') | undefined;
 
 export const FastProtobufTraceSerializer: TraceSerializer & EncodedAhead<ReadableSpan> = {
-  serializeRequest,
-  async encodeAhead(spans: ReadableSpan[]): Promise<void> {
-    spansAhead.set(spans, await encodeInSlices(spans, writeSpan, writeSpansRequest));
-  },
+  ...requestEncoders(writeSpan, writeSpansRequest),
   deserializeResponse(data: Uint8Array): IExportTraceServiceResponse {
     library ??= require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
     return library.ProtobufTraceSerializer.deserializeResponse(data);
