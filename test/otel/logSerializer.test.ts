@@ -331,4 +331,31 @@ describe('FastProtobufLogsSerializer, encoded ahead in slices', () => {
     expect(written.filter((bytes) => bytes.length > 0).every((bytes) => firstDifference(bytes, library(real)) === -1)).toBe(true);
     expect(written).toHaveLength(16);
   });
+
+  test('batches of spans and of log records encoded at the same time take turns, first come first served', async () => {
+    // Records that take a few ms each to encode, more than are written between two looks at the clock:
+    // the first batch needs two turns at least, the later ones none.
+    const { provider: loggerProvider, exporter } = provider(resourceFromAttributes({ 'service.name': 'slow' }));
+    for (let i = 0; i < 9; i++) loggerProvider.getLogger('slow').emit({ body: `${i}${'é'.repeat(HUGE)}` });
+    const slow = exporter.getFinishedLogRecords();
+    const quick = accessRecords(2);
+    const done: string[] = [];
+    const encode = (name: string, ahead: Promise<void>): Promise<void> => ahead.then(() => void done.push(name));
+    await Promise.all([
+      encode('slow records', FastProtobufLogsSerializer.encodeAhead(slow)),
+      encode('spans', FastProtobufTraceSerializer.encodeAhead([])),
+      encode('quick records', FastProtobufLogsSerializer.encodeAhead(quick)),
+    ]);
+    expect(done).toEqual(['slow records', 'spans', 'quick records']);
+    expect(firstDifference(FastProtobufLogsSerializer.serializeRequest(slow), library(slow))).toBe(-1);
+    expect(firstDifference(FastProtobufLogsSerializer.serializeRequest(quick), library(quick))).toBe(-1);
+  });
+
+  test('a batch that cannot be encoded fails alone: the batch after it is encoded', async () => {
+    const broken = Object.create(accessRecords(1)[0]!, { attributes: { get: (): never => { throw new Error('no attributes'); } } }) as ReadableLogRecord;
+    const records = accessRecords(40);
+    const [failed, encoded] = await Promise.allSettled([FastProtobufLogsSerializer.encodeAhead([...accessRecords(30), broken]), encodedAhead(records)]);
+    expect(failed).toEqual({ status: 'rejected', reason: new Error('no attributes') });
+    expect(encoded.status === 'fulfilled' && firstDifference(encoded.value, library(records))).toBe(-1);
+  });
 });
