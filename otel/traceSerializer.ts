@@ -24,9 +24,9 @@
  *
  * The exporters encode each batch ahead of its export, in slices of about
  * 0.5 ms (0.2 when the worker has idle time) between turns of the event loop
- * ({@link encodeInSlices}), so that
- * no export holds the event loop for a whole batch; batches of spans and of
- * log records take turns, one slice a turn for all of them.
+ * ({@link encodeInSlices}), so that no export holds the event loop for a
+ * whole batch; batches of spans and of log records take turns, one slice a
+ * turn for all of them.
  *
  * The output is byte for byte the library's, quirks included (dropped counts
  * and status always written, ids decoded by the library's lenient hex rules,
@@ -606,8 +606,8 @@ const SLICE_MS = 0.5;
  * loop utilization below {@link BUSY}): a request that arrives then is not
  * queued behind others, so a shorter slice is what it waits for. Saturated,
  * requests queue whatever the slice, and 0.2 ms slices made a worker promote
- * a third more a request (one worker with all three signals, 2 runs each: 0.27-0.31
- * KB against 0.21-0.22); at a steady ~2,400 requests a second a worker, p99
+ * a third more a request (one worker with all three signals, 2 runs each:
+ * 0.27-0.31 KB against 0.21-0.22); at a steady ~2,400 requests a second a worker, p99
  * 2.1-2.6 ms against 2.4-3.4 with 0.5 ms slices (4 alternating pairs), and
  * with traces alone 1.2-1.7 against 1.8-2.2 (4 pairs, this choice against
  * 0.5 ms always).
@@ -647,9 +647,9 @@ let sliceMs = SLICE_MS;
 
 /**
  * The same request as `encodeRequest(() => writeGroups(groups))`, byte for
- * byte, encoded in slices of about {@link SLICE_MS} ({@link IDLE_SLICE_MS} when
- * the worker has idle time) with a turn of the event
- * loop between them, so that requests waiting to be handled are not held
+ * byte, encoded in slices of about {@link SLICE_MS} ({@link IDLE_SLICE_MS}
+ * when the worker has idle time) with a turn of the event loop between
+ * them, so that requests waiting to be handled are not held
  * back by a whole batch's encoding. A slice is a run of one scope group's
  * item fields (an item's field does not depend on where it is written); the
  * last step writes the groups around them. One batch is encoded at a time
