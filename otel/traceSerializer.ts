@@ -477,14 +477,17 @@ function writeResourceSpans(resource: Resource, scopes: Map<Scope, ReadableSpan[
   finishGroup(group);
 }
 
+/** An item the request groups by resource and scope: a span, a log record. */
+type Grouped = { readonly resource: object; readonly instrumentationScope: object };
+/** Items by resource, then by scope, in first-seen order. */
+type Groups<T extends Grouped> = Map<T['resource'], Map<T['instrumentationScope'], T[]>>;
+
 /**
  * Items (spans, log records) by resource, then by scope, both by object
  * identity and in first-seen order (the library's grouping).
  */
-export function groupByResourceAndScope<T extends { readonly resource: object; readonly instrumentationScope: object }>(
-  items: T[],
-): Map<T['resource'], Map<T['instrumentationScope'], T[]>> {
-  const resources = new Map<T['resource'], Map<T['instrumentationScope'], T[]>>();
+export function groupByResourceAndScope<T extends Grouped>(items: T[]): Groups<T> {
+  const resources: Groups<T> = new Map();
   let lastResource: T['resource'] | undefined;
   let lastScope: T['instrumentationScope'] | undefined;
   let lastItems: T[] | undefined;
@@ -607,10 +610,10 @@ const SLICE_MS = 0.5;
  * queued behind others, so a shorter slice is what it waits for. Saturated,
  * requests queue whatever the slice, and 0.2 ms slices made a worker promote
  * a third more a request (one worker with all three signals, 2 runs each:
- * 0.27-0.31 KB against 0.21-0.22); at a steady ~2,400 requests a second a worker, p99
- * 2.1-2.6 ms against 2.4-3.4 with 0.5 ms slices (4 alternating pairs), and
- * with traces alone 1.2-1.7 against 1.8-2.2 (4 pairs, this choice against
- * 0.5 ms always).
+ * 0.27-0.31 KB against 0.21-0.22); at a steady ~2,400 requests a second a
+ * worker, p99 2.1-2.6 ms against 2.4-3.4 with 0.5 ms slices (4 alternating
+ * pairs), and with traces alone 1.2-1.7 against 1.8-2.2 (4 pairs, this
+ * choice against 0.5 ms always).
  */
 const IDLE_SLICE_MS = 0.2;
 const BUSY = 0.8;
@@ -649,16 +652,16 @@ let sliceMs = SLICE_MS;
  * The same request as `encodeRequest(() => writeGroups(groups))`, byte for
  * byte, encoded in slices of about {@link SLICE_MS} ({@link IDLE_SLICE_MS}
  * when the worker has idle time) with a turn of the event loop between
- * them, so that requests waiting to be handled are not held
- * back by a whole batch's encoding. A slice is a run of one scope group's
+ * them, so that requests waiting to be handled are not held back by a
+ * whole batch's encoding. A slice is a run of one scope group's
  * item fields (an item's field does not depend on where it is written); the
  * last step writes the groups around them. One batch is encoded at a time
  * (see {@link encodings}).
  */
-function encodeInSlices<T extends { readonly resource: object; readonly instrumentationScope: object }>(
+function encodeInSlices<T extends Grouped>(
   items: T[],
   writeItem: (item: T) => void,
-  writeGroups: (groups: Map<T['resource'], Map<T['instrumentationScope'], T[]>>) => void,
+  writeGroups: (groups: Groups<T>) => void,
 ): Promise<Uint8Array> {
   if (encodings++ === 0) {
     sliceMs = sliceFromUtilization();
@@ -669,10 +672,11 @@ function encodeInSlices<T extends { readonly resource: object; readonly instrume
   return encoding;
 }
 
-async function encodeGroupsInSlices<T extends { readonly resource: object; readonly instrumentationScope: object }>(
-  groups: Map<T['resource'], Map<T['instrumentationScope'], T[]>>,
+/** {@link encodeInSlices}' work, once the batches before it are encoded. */
+async function encodeGroupsInSlices<T extends Grouped>(
+  groups: Groups<T>,
   writeItem: (item: T) => void,
-  writeGroups: (groups: Map<T['resource'], Map<T['instrumentationScope'], T[]>>) => void,
+  writeGroups: (groups: Groups<T>) => void,
 ): Promise<Uint8Array> {
   const slices = new Map<object, Uint8Array[]>();
   for (const scopes of groups.values()) {
@@ -715,9 +719,9 @@ export interface EncodedAhead<T> {
  * one item and the groups around them: `serializeRequest` hands over the
  * bytes encoded ahead for that batch, once, or encodes it in one pass.
  */
-export function requestEncoders<T extends { readonly resource: object; readonly instrumentationScope: object }>(
+export function requestEncoders<T extends Grouped>(
   writeItem: (item: T) => void,
-  writeGroups: (groups: Map<T['resource'], Map<T['instrumentationScope'], T[]>>) => void,
+  writeGroups: (groups: Groups<T>) => void,
 ): EncodedAhead<T> & { serializeRequest(items: T[]): Uint8Array } {
   /** Requests encoded ahead, by the batch the exporter is given. */
   const ahead = new WeakMap<T[], Uint8Array>();
