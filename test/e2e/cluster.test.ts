@@ -198,13 +198,18 @@ test('console export is visible through pm2 logs when no endpoint is set', async
   const consolePort = await startApp(pm2, app, { OTEL_BSP_SCHEDULE_DELAY: '100' }, 1);
   expect((await get(consolePort, '/items/31337')).status).toBe(200);
   let logs = '';
+  // The span's line, not the request's access line (written first, the span after its batch delay).
+  const spanLine = () => logs.split('\n').find((l) => l.includes('otel.span ') && l.includes('"url.path":"/items/31337"'));
   await waitUntil(
     () => `a console span of /items/31337 in pm2 logs:\n${logs}`,
-    async () => (logs = await pm2.run(['logs', app, '--nostream', '--lines', '100'])).includes('/items/31337'),
+    async () => {
+      logs = await pm2.run(['logs', app, '--nostream', '--lines', '100']);
+      return spanLine() !== undefined;
+    },
     15_000,
     200,
   );
-  const line = logs.split('\n').find((l) => l.includes('otel.span ') && l.includes('"url.path":"/items/31337"'));
+  const line = spanLine();
   expect(line).toBeDefined();
   const span = JSON.parse(line!.slice(line!.indexOf('otel.span ') + 'otel.span '.length)) as Record<string, unknown>;
   expect(span).toMatchObject({ name: 'GET /items/:id', kind: 'SERVER', 'service.name': app });
