@@ -15,7 +15,9 @@
  *   BENCH_QUIET_WAIT=0 npm run bench             do not wait for a quiet machine before each load
  *
  * Configs, each as 2 workers (PM2 cluster mode from the kit's own
- * ecosystem.config.js, or gunicorn): `off` (OTEL_SDK_DISABLED=true), `kit`
+ * ecosystem.config.js, or gunicorn): `off` (OTEL_SDK_DISABLED=true), `off-access`
+ * (the same with the kit's default access log on: the baseline the configs
+ * that write it are also given against), `kit`
  * (traces only, exporting to a local OTLP/gRPC sink), `kit-http` (the same over
  * OTLP/HTTP protobuf), `metrics` (traces and
  * metrics to the same sink), `all` (traces, metrics and logs), `textbook`
@@ -202,6 +204,7 @@ function notesFor(summaries, context) {
   }
   notes.push(context.pythonNote);
   notes.push(
+    'sink µs/req and manager µs/req (every run): the CPU the counting sink and the workers\' manager (PM2\'s daemon, which takes each worker\'s stdout over IPC; gunicorn\'s arbiter) used over the load, per request: not in CPU µs/req, but taken from the same 2 cores.',
     'first 200 ms: from spawning `pm2 start` (whose CLI alone takes a few hundred ms to load) or gunicorn, to the first 200 on GET /items/1, polled every 10 ms; RSS: mean VmRSS of the 2 workers at the end of the load.',
   );
   if (context.envFile !== undefined) notes.push(`${context.envFile} exists and every PM2 worker loads it (the kit's --env-file-if-exists): its settings apply to these figures.`);
@@ -307,7 +310,8 @@ async function main() {
   await cleanupAll();
 
   const summaries = report.summarize(configs, runs);
-  const tables = [report.summaryTable(summaries, opts.rounds), report.ratioTable(summaries), report.roundsTable(runs)];
+  const against = report.againstTable(summaries, configs);
+  const tables = [report.summaryTable(summaries, opts.rounds), report.ratioTable(summaries), ...(against === null ? [] : [against]), report.roundsTable(runs)];
   const notes = notesFor(summaries, { pythonNote, loadName: load.name, runs, envFile: kitEnvFile(), quietWaitS: opts.quietWaitS, rate: opts.rate });
   notes.push(
     `The sink answered ${totals.metricExports} metrics exports and ${totals.logExports} logs exports (${totals.logRecords} log records) over the whole run, and counted ${totals.ddTraces} Datadog traces and ${totals.apmTransactions} Elastic transactions; ${totals.malformed} payloads it could not parse; the flapping collector refused ${totals.refused} exports.`,

@@ -212,13 +212,37 @@ function ratioTable(summaries) {
 }
 
 /**
+ * The configs that write the access log, against the same app settings with
+ * telemetry off (`against`): each ratio to off divided by that config's, both
+ * paired with their neighbouring off loads. Null when no such pair ran.
+ * @param {ConfigSummary[]} summaries
+ * @param {Config[]} configs
+ * @returns {Table | null}
+ */
+function againstTable(summaries, configs) {
+  const byId = new Map(summaries.map((s) => [s.config, s]));
+  const rows = configs.flatMap((config) => {
+    const mine = byId.get(config.id);
+    const base = config.against === undefined ? undefined : byId.get(config.against);
+    if (mine === undefined || base === undefined) return [];
+    return [[config.id, /** @type {string} */ (config.against), ...RATIO_METRICS.map((m) => times((mine.ratio[m.key] ?? NaN) / (base.ratio[m.key] ?? NaN)))]];
+  });
+  if (rows.length === 0) return null;
+  return {
+    title: 'Ratio to the same app settings with telemetry off (OTEL_SDK_DISABLED=true leaves the access log on: these configs write it, and so does their baseline; each ratio to off divided by the baseline\'s)',
+    head: ['config', 'baseline', ...RATIO_METRICS.map((m) => m.label)],
+    rows,
+  };
+}
+
+/**
  * @param {RunResult[]} runs
  * @returns {Table}
  */
 function roundsTable(runs) {
   return {
     title: 'Every run',
-    head: ['round', 'config', ...METRICS.map((m) => m.label), 'requests', 'errors', 'spans', 'spans/req', 'missing', 'kept at stop', 'sink µs/req', 'others\' CPU %', 'loads'],
+    head: ['round', 'config', ...METRICS.map((m) => m.label), 'requests', 'errors', 'spans', 'spans/req', 'missing', 'kept at stop', 'sink µs/req', 'manager µs/req', 'others\' CPU %', 'loads'],
     rows: runs.map((r) =>
       r.error !== undefined
         ? [String(r.round), r.config, `FAILED: ${r.error.split('\n')[0]}`]
@@ -233,6 +257,7 @@ function roundsTable(runs) {
             r.spans.missing === undefined ? '—' : num(r.spans.missing, 0),
             r.spans.stopProbe === undefined ? '—' : `${r.spans.stopProbe.received}/${Math.round(r.spans.stopProbe.requests * (r.spans.expected ?? 0))}`,
             num(r.sinkCpuUsPerRequest, 1),
+            num(r.managerCpuUsPerRequest, 1),
             `${num(r.otherCpuPct, 0)}${r.otherCpuPct > NOISY_PCT ? '*' : ''}`,
             String(r.loads),
           ],
@@ -326,4 +351,4 @@ function svgChart(summaries, subtitle) {
   return `${parts.join('\n')}\n`;
 }
 
-module.exports = { METRICS, NOISY_PCT, median, summarize, summaryTable, ratioTable, roundsTable, textTable, markdownTable, svgChart };
+module.exports = { METRICS, NOISY_PCT, median, summarize, summaryTable, ratioTable, againstTable, roundsTable, textTable, markdownTable, svgChart };

@@ -45,6 +45,8 @@ const BSP_SCHEDULE_DELAY_MS = 5000;
  * @property {string} [preload]      replaces the kit's preload in node_args
  * @property {import('./peers').Peer} [peer]  installed into bench/.peers/ on demand; its preload replaces the kit's
  * @property {'outage'} [scenario]   run only when BENCH_SCENARIO names it (or BENCH_CONFIGS names the config)
+ * @property {string} [against]      the config with the same app settings and telemetry off, to which its
+ *                                    ratios are also given (the access log, which OTEL_SDK_DISABLED leaves on)
  */
 
 /** The peers' agents, at the exact versions measured. */
@@ -56,6 +58,17 @@ const CONFIGS = [
   // The access log is off unless a config says otherwise, so that the
   // figures of the other configs stay comparable with earlier runs.
   { id: 'off', title: 'kit, OTEL_SDK_DISABLED=true, ACCESS_LOG=false', short: 'no tracing', kind: 'pm2', traced: false, env: () => ({ OTEL_SDK_DISABLED: 'true', ACCESS_LOG: 'false' }) },
+  // The kit's defaults with telemetry off: OTEL_SDK_DISABLED=true leaves the
+  // access log on (an app feature, Gunicorn's `accesslog`), so the configs
+  // that write it are also given against this one, the same kit but for the SDK.
+  {
+    id: 'off-access',
+    title: 'kit, OTEL_SDK_DISABLED=true, the access log on stdout (the kit\'s defaults with telemetry off)',
+    short: 'no tracing, access log',
+    kind: 'pm2',
+    traced: false,
+    env: () => ({ OTEL_SDK_DISABLED: 'true', ACCESS_LOG: 'true' }),
+  },
   {
     id: 'kit',
     title: 'kit, traces only: 100% sampled, OTLP/gRPC (OTEL_METRICS_EXPORTER=none, OTEL_LOGS_EXPORTER=none, ACCESS_LOG=false)',
@@ -76,6 +89,7 @@ const CONFIGS = [
   },
   {
     id: 'access',
+    against: 'off-access',
     title: 'kit, traces + the access log on stdout (PM2 log files), no OTLP logs',
     short: 'kit, traces + access log',
     kind: 'pm2',
@@ -84,6 +98,7 @@ const CONFIGS = [
   },
   {
     id: 'access-otlp',
+    against: 'off-access',
     title: 'kit, traces + the access log on stdout and as OTLP log records over gRPC',
     short: 'kit, traces + access log + OTLP logs',
     kind: 'pm2',
@@ -111,6 +126,7 @@ const CONFIGS = [
   },
   {
     id: 'all',
+    against: 'off-access',
     title: 'kit, all three signals: traces 100%, metrics (OTLP every 10 s), logs (the access log on stdout and as OTLP log records), all over gRPC',
     short: 'kit, traces + metrics + logs',
     kind: 'pm2',
@@ -237,6 +253,7 @@ const CONFIGS = [
  * @property {number} errors         socket errors and non-2xx during the measured load
  * @property {number} seconds
  * @property {number} sinkCpuUsPerRequest  the sink's own CPU over the load, per request
+ * @property {number} managerCpuUsPerRequest  the workers' manager's (PM2's daemon, gunicorn's arbiter) over the load, per request
  * @property {number} loadgenCpuPct  the load generator's CPU time over the load / (wall time × cores), in %
  * @property {number} otherCpuPct    CPU used by processes outside the bench during the load, % of all cores
  * @property {number} quietWaitS     seconds spent waiting for a quiet machine before the load
@@ -364,6 +381,7 @@ async function loadOnce(settings, app, attempt) {
     errors: result.errors,
     seconds: result.seconds,
     sinkCpuUsPerRequest: (sinkCpu1 - sinkCpu0) / result.requests,
+    managerCpuUsPerRequest: (manager1 - manager0) / result.requests,
     loadgenCpuPct: (100 * loadgenMicros) / capacity,
     otherCpuPct: Math.max(0, (100 * otherMicros) / capacity),
     quietWaitS,
@@ -561,7 +579,7 @@ async function runOnce(config, round, settings, expected) {
  */
 function failed(config, round) {
   const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, recordsMissing: undefined, countsMissing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
-  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
+  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, managerCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
 }
 
 module.exports = { CONFIGS, DD_TRACE, ELASTIC_APM, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT, RETRY_ABOVE_PCT, MAX_LOADS };
