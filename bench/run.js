@@ -205,7 +205,7 @@ function notesFor(summaries, context) {
   notes.push(context.pythonNote);
   notes.push(
     'sink µs/req and manager µs/req (every run): the CPU the counting sink and the workers\' manager (PM2\'s daemon, which takes each worker\'s stdout over IPC; gunicorn\'s arbiter) used over the load, per request: not in CPU µs/req, but taken from the same 2 cores.',
-    'first 200 ms: from spawning `pm2 start` (whose CLI alone takes a few hundred ms to load) or gunicorn, to the first 200 on GET /items/1, polled every 10 ms; RSS: mean VmRSS of the 2 workers at the end of the load.',
+    'first 200 ms: from spawning `pm2 start` (whose CLI alone takes a few hundred ms to load) or gunicorn, to the first 200 on GET /items/1, polled every 10 ms; RSS MB/worker: the 2 workers\' mean VmRSS, read every 0.5 s during the load and averaged (a single reading at the end of the load, as until 2026-12-01, landed anywhere on the saw-tooth between mark-compacts); peak RSS MB: the largest reading of either worker.',
   );
   if (context.envFile !== undefined) notes.push(`${context.envFile} exists and every PM2 worker loads it (the kit's --env-file-if-exists): its settings apply to these figures.`);
   const loadgen = context.runs.filter((r) => r.error === undefined).map((r) => r.loadgenCpuPct);

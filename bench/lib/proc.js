@@ -70,15 +70,6 @@ function rssMb(pid) {
 }
 
 /**
- * Mean RSS of the processes still alive, in MB.
- * @param {readonly number[]} pids
- */
-function meanRssMb(pids) {
-  const values = pids.map(rssMb).filter((value) => value !== undefined);
-  return values.length === 0 ? NaN : values.reduce((a, b) => a + b, 0) / values.length;
-}
-
-/**
  * The direct children of a process, found by scanning every /proc/<pid>/stat
  * for its parent pid (/proc/<pid>/task/<pid>/children is not on every kernel).
  * @param {number} parent
@@ -126,4 +117,33 @@ function alive(pid) {
   return fields !== undefined && fields[0] !== 'Z';
 }
 
-module.exports = { cpuMicros, totalCpuMicros, rssMb, meanRssMb, childrenOf, alive, machineBusyMicros, selfAndChildrenMicros, CLK_TCK };
+/** How often the workers' RSS is read during a load. */
+const RSS_EVERY_MS = 500;
+
+/**
+ * Reads the workers' RSS every RSS_EVERY_MS until stopped: a worker's RSS
+ * saw-tooths between mark-compacts (by tens of MB with buffers awaiting
+ * one), so one reading at the end of a load lands anywhere on the tooth.
+ * @param {readonly number[]} pids
+ * @returns {() => { meanMb: number, peakMb: number }}  stops, and returns the
+ *   mean over the readings of the workers' mean, and the largest reading of any worker
+ */
+function sampleRss(pids) {
+  /** @type {number[]} */
+  const means = [];
+  let peak = -Infinity;
+  const read = () => {
+    const values = pids.map(rssMb).filter((value) => value !== undefined);
+    if (values.length === 0) return;
+    means.push(values.reduce((a, b) => a + b, 0) / values.length);
+    peak = Math.max(peak, ...values);
+  };
+  const timer = setInterval(read, RSS_EVERY_MS);
+  return () => {
+    clearInterval(timer);
+    read();
+    return { meanMb: means.reduce((a, b) => a + b, 0) / means.length, peakMb: peak };
+  };
+}
+
+module.exports = { cpuMicros, totalCpuMicros, rssMb, sampleRss, childrenOf, alive, machineBusyMicros, selfAndChildrenMicros, CLK_TCK };

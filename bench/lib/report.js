@@ -14,7 +14,7 @@
 
 /**
  * @typedef {object} Metric
- * @property {'rps' | 'p50Ms' | 'p99Ms' | 'p999Ms' | 'cpuUsPerRequest' | 'rssMb' | 'startupMs' | 'loadgenCpuPct'} key
+ * @property {'rps' | 'p50Ms' | 'p99Ms' | 'p999Ms' | 'cpuUsPerRequest' | 'rssMb' | 'rssPeakMb' | 'startupMs' | 'loadgenCpuPct'} key
  * @property {string} label
  * @property {number} digits
  * @property {boolean} [noRatio]   a condition of the measurement, not a cost: no ratio to off
@@ -28,6 +28,7 @@ const METRICS = [
   { key: 'p999Ms', label: 'p99.9 ms', digits: 2 },
   { key: 'cpuUsPerRequest', label: 'CPU µs/req', digits: 0 },
   { key: 'rssMb', label: 'RSS MB/worker', digits: 1 },
+  { key: 'rssPeakMb', label: 'peak RSS MB', digits: 1 },
   { key: 'startupMs', label: 'first 200 ms', digits: 0 },
   { key: 'loadgenCpuPct', label: 'loadgen CPU %', digits: 1, noRatio: true },
 ];

@@ -13,7 +13,7 @@ const { onCleanup } = require('./cleanup');
 const { preloadPath } = require('./peers');
 const { waitFor200, sequentialItems, freePort, sleep } = require('./http');
 const os = require('node:os');
-const { cpuMicros, totalCpuMicros, meanRssMb, alive, machineBusyMicros, selfAndChildrenMicros } = require('./proc');
+const { cpuMicros, totalCpuMicros, sampleRss, alive, machineBusyMicros, selfAndChildrenMicros } = require('./proc');
 
 /** @typedef {import('./sinkClient').Sink} Sink */
 /** @typedef {import('./load').LoadGenerator} LoadGenerator */
@@ -248,7 +248,8 @@ const CONFIGS = [
  * @property {number} p99Ms
  * @property {number} p999Ms
  * @property {number} cpuUsPerRequest   worker CPU time (user + system) over the load, per request
- * @property {number} rssMb          mean VmRSS of the workers at the end of the load
+ * @property {number} rssMb          VmRSS of the workers, their mean every 0.5 s, averaged over the load
+ * @property {number} rssPeakMb      the largest VmRSS of any worker read during the load
  * @property {number} requests       answered during the measured load
  * @property {number} errors         socket errors and non-2xx during the measured load
  * @property {number} seconds
@@ -356,9 +357,10 @@ async function loadOnce(settings, app, attempt) {
   settings.progress(`load ${settings.durationS} s${attempt > 1 ? ` (attempt ${attempt})` : ''}${quietWaitS > 1.5 ? ` (after waiting ${quietWaitS.toFixed(0)} s for a quiet machine)` : ''}`);
   const sinkCpu0 = (await sink.stats()).cpuMicros;
   const [machine0, driver0, cpu0, manager0] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
+  const stopRss = sampleRss(app.pids);
   const result = await load.run(app.port, settings.durationS);
+  const rss = stopRss();
   const [machine1, driver1, cpu1, manager1] = [machineBusyMicros(), selfAndChildrenMicros(), totalCpuMicros(app.pids), cpuMicros(app.managerPid)];
-  const rssMb = meanRssMb(app.pids);
   const sinkCpu1 = (await sink.stats()).cpuMicros;
 
   // Where the machine's CPU went during the load, as % of all cores: the
@@ -376,7 +378,8 @@ async function loadOnce(settings, app, attempt) {
     p99Ms: result.p99Ms,
     p999Ms: result.p999Ms,
     cpuUsPerRequest: (cpu1 - cpu0) / result.requests,
-    rssMb,
+    rssMb: rss.meanMb,
+    rssPeakMb: rss.peakMb,
     requests: result.requests,
     errors: result.errors,
     seconds: result.seconds,
@@ -579,7 +582,7 @@ async function runOnce(config, round, settings, expected) {
  */
 function failed(config, round) {
   const spans = { requests: 0, received: 0, perRequest: NaN, expected: undefined, missing: undefined, recordsMissing: undefined, countsMissing: undefined, stopProbe: undefined, logLines: 0, loggedDropped: 0 };
-  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, managerCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
+  return { config, round, error: 'failed', startupMs: NaN, rps: NaN, p50Ms: NaN, p99Ms: NaN, p999Ms: NaN, cpuUsPerRequest: NaN, rssMb: NaN, rssPeakMb: NaN, requests: 0, errors: 0, seconds: 0, sinkCpuUsPerRequest: NaN, managerCpuUsPerRequest: NaN, loadgenCpuPct: NaN, otherCpuPct: NaN, quietWaitS: 0, loads: 0, restarts: 0, logRecords: 0, metricExports: 0, spans };
 }
 
 module.exports = { CONFIGS, DD_TRACE, ELASTIC_APM, runOnce, WORKERS, CALIBRATION_REQUESTS, STOP_PROBE_REQUESTS, BSP_SCHEDULE_DELAY_MS, QUIET_BELOW_PCT, RETRY_ABOVE_PCT, MAX_LOADS };
