@@ -142,7 +142,7 @@ function sampleRss(pids) {
   return () => {
     clearInterval(timer);
     read();
-    return { meanMb: means.reduce((a, b) => a + b, 0) / means.length, peakMb: peak };
+    return means.length === 0 ? { meanMb: NaN, peakMb: NaN } : { meanMb: means.reduce((a, b) => a + b, 0) / means.length, peakMb: peak };
   };
 }
 
