@@ -616,6 +616,7 @@ const SLICE_MS = 0.5;
  * choice against 0.5 ms always).
  */
 const IDLE_SLICE_MS = 0.2;
+/** Event loop utilization since the last run of encodings from which the worker counts as busy ({@link SLICE_MS}). */
 const BUSY = 0.8;
 /** Items written between two looks at the clock. */
 const ITEMS_PER_CHECK = 8;
