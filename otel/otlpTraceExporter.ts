@@ -18,13 +18,10 @@ import type { EncodedAhead } from './traceSerializer';
 /**
  * An OTLP exporter whose batches are encoded ahead, a slice at a time
  * between turns of the event loop (`encodeInSlices` in traceSerializer.ts),
- * then handed to the library's exporter as a batch that stands in for them,
- * whose serializer returns the bytes encoded ahead: the request on the wire
- * is the same, no batch's encoding holds the event loop for more than a
- * slice, and the spans (or log records) are not kept alive while the
- * collector answers. If encoding ahead fails, the library's exporter is
- * given the batch itself, and encodes it at export as before, with the same
- * error.
+ * then handed to the library's exporter, whose serializer returns the bytes
+ * encoded ahead: the request on the wire is the same, and no batch's
+ * encoding holds the event loop for more than a slice. If encoding ahead
+ * fails, the exporter encodes at export as before, with the same error.
  */
 export class EncodeAheadExporter<T> implements ItemExporter<T> {
   constructor(
@@ -32,21 +29,15 @@ export class EncodeAheadExporter<T> implements ItemExporter<T> {
     private readonly serializer: EncodedAhead<T>,
   ) {}
 
-  /** The batch encoded ahead, which stands in for `items` at every export of it (see `RetryingExporter`). */
-  prepare(items: T[]): Promise<T[]> {
-    return this.serializer.encodeAhead(items).catch(() => items);
-  }
-
   export(items: T[], resultCallback: (result: ExportResult) => void): void {
-    const send = (batch: T[]): void => {
+    const send = (): void => {
       try {
-        this.inner.export(batch, resultCallback);
+        this.inner.export(items, resultCallback);
       } catch (error) {
         resultCallback({ code: ExportResultCode.FAILED, error: error instanceof Error ? error : new Error(String(error)) });
       }
     };
-    if (this.serializer.isEncodedAhead(items)) send(items);
-    else void this.prepare(items).then(send);
+    this.serializer.encodeAhead(items).then(send, send);
   }
 
   shutdown(): Promise<void> {

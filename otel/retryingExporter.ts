@@ -13,8 +13,7 @@
  * takes each batch into its own queue (the hold) and answers the processor at
  * once, so the processor never waits on the network and its own queue never
  * fills (spans it dropped there would be in no count); it sends the hold,
- * oldest first, in batches, up to `maxExportsInFlight` exports at a time
- * (one during an outage). When an export fails, or gets no
+ * oldest first, one export at a time. When an export fails, or gets no
  * answer within `exportTimeoutMs` (a collector that accepts the connection
  * and hangs is an outage too), it keeps the spans and retries with
  * exponential backoff; spans ended meanwhile join the held ones,
@@ -42,13 +41,6 @@ import type { ReadableSpan } from '@opentelemetry/sdk-trace';
  */
 export interface ItemExporter<T> {
   export(items: T[], resultCallback: (result: ExportResult) => void): void;
-  /**
-   * Turns a batch into what `export` is then given in its place, at once or
-   * at every retry: a batch encoded ahead (see `EncodeAheadExporter`) that
-   * holds none of the items, so that they are not kept alive while the
-   * export is under way. Never rejects.
-   */
-  prepare?(items: T[]): Promise<T[]>;
   shutdown(): Promise<void>;
   forceFlush?(): Promise<void>;
 }
@@ -83,34 +75,6 @@ export interface RetryOptions<T = ReadableSpan> {
   readonly renew?: () => ItemExporter<T>;
   /** What the items are called in its lines; spans by default. */
   readonly signal?: keyof typeof NOUNS;
-  /** Most exports under way at once outside an outage ({@link EXPORTS_IN_FLIGHT} by default). */
-  readonly maxExportsInFlight?: number;
-}
-
-/**
- * Exports under way at once, by default. One at a time, a batch's spans
- * waited in the hold for the export before it, whose answer takes a few ms
- * to tens of ms at full load (over gRPC the collector's HTTP/2 flow-control
- * window lets a 220 KB request through in several round trips): long enough
- * for them to survive two scavenges into the old generation, which then
- * grew until a mark-compact. One worker at full load over gRPC, 2 runs
- * each: RSS 174-175 MB against 200-210, the heap 31-33 MB against 52-53,
- * scavenges 0.8 ms against 2.0-2.5. The library's exporters refuse more than
- * 30 at once.
- */
-export const EXPORTS_IN_FLIGHT = 4;
-
-/** Spans taken from the hold to be sent together, oldest first. */
-interface Batch<T> {
-  /**
-   * What it is sent as: its spans, until the inner exporter has prepared it
-   * (see {@link ItemExporter.prepare}); then the batch that stands in for them.
-   */
-  items: T[];
-  readonly count: number;
-  prepared: boolean;
-  /** Being prepared or exported; otherwise waiting for a retry. */
-  sending: boolean;
 }
 
 export interface ExportStats {
@@ -132,18 +96,15 @@ function describe(error: unknown): string {
 }
 
 export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
-  /** Spans not yet delivered and in no batch, oldest first. */
+  /** Spans not yet delivered, oldest first; the first `inFlight` of them are being exported. */
   private held: T[] = [];
-  /** Batches being sent, or waiting to be sent again after a failure, oldest first: older than every held span. */
-  private batches: Array<Batch<T>> = [];
-  /** Batches being prepared or exported. */
-  private sending = 0;
+  private inFlight = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private delayMs: number;
   /** forceFlush() callers waiting for the pump to stop. */
   private idleWaiters: Array<() => void> = [];
-  /** End the exports in flight at once (with a failure), for abandon(). */
-  private readonly settleInFlight = new Set<(result: ExportResult) => void>();
+  /** Ends the export in flight at once (with a failure), for abandon(). */
+  private settleInFlight: ((result: ExportResult) => void) | undefined;
   /** Exports of the current inner exporter that have not answered yet, even if we stopped waiting. */
   private innerPending = 0;
   private outageStartedAt: number | undefined;
@@ -172,14 +133,7 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
 
   /** Counts since start, for tests and diagnostics. */
   getStats(): ExportStats {
-    return { ...this.stats, held: this.held.length + this.batched() };
-  }
-
-  /** Spans in batches. */
-  private batched(): number {
-    let count = 0;
-    for (const batch of this.batches) count += batch.count;
-    return count;
+    return { ...this.stats, held: this.held.length };
   }
 
   export(spans: T[], resultCallback: (result: ExportResult) => void): void {
@@ -195,9 +149,9 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
     if (this.outageStartedAt === undefined) this.pump();
   }
 
-  private startOutage(error: unknown, failed: ItemExporter<T>): void {
+  private startOutage(error: unknown): void {
     this.stats.failures += 1;
-    this.renewInner(failed);
+    this.renewInner();
     this.outageStartedAt = Date.now();
     this.outageDelivered = 0;
     this.outageDropped = 0;
@@ -220,20 +174,12 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
 
   private hold(spans: T[]): void {
     this.held.push(...spans);
-    const excess = this.held.length + this.batched() - this.options.maxHeldSpans;
+    const excess = this.held.length - this.options.maxHeldSpans;
     if (excess > 0) {
-      // The oldest spans, but never a batch being sent: it may yet be
-      // delivered, and would then be counted twice. Batches waiting for a
-      // retry are the oldest, and each goes as a whole (it is encoded) once
-      // as many must go; then the oldest held. There are always enough of
-      // them: the spans in batches were within the hold before these came.
-      let rest = excess;
-      this.batches = this.batches.filter((batch) => {
-        if (batch.sending || rest < batch.count) return true;
-        rest -= batch.count;
-        return false;
-      });
-      this.held.splice(0, rest);
+      // The oldest spans not in flight: a batch being sent may yet be delivered,
+      // and would then be counted twice. There are always enough of them, since
+      // a batch is never larger than the hold (readSettings checks it).
+      this.held.splice(this.inFlight, excess);
       this.drop(excess);
       // Outside an outage: an export is taking long, and more spans ended meanwhile than the hold keeps.
       const inOutage = this.outageStartedAt !== undefined;
@@ -252,9 +198,9 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
     }
   }
 
-  /** Replaces the inner exporter by a fresh one (a new channel), if we can make one, unless `failed` was already replaced. */
-  private renewInner(failed: ItemExporter<T>): void {
-    if (this.options.renew === undefined || this.stopped || failed !== this.inner) return;
+  /** Replaces the inner exporter by a fresh one (a new channel), if we can make one. */
+  private renewInner(): void {
+    if (this.options.renew === undefined || this.stopped) return;
     const old = this.inner;
     this.inner = this.options.renew();
     this.innerPending = 0;
@@ -291,14 +237,14 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      this.settleInFlight.delete(settle);
+      if (this.settleInFlight === settle) this.settleInFlight = undefined;
       done(result);
     };
     const timeoutMs = this.options.exportTimeoutMs;
     if (timeoutMs !== undefined && timeoutMs > 0) {
       timer = setTimeout(() => settle({ code: ExportResultCode.FAILED, error: new Error(`no answer within ${timeoutMs} ms`) }), timeoutMs);
     }
-    this.settleInFlight.add(settle);
+    this.settleInFlight = settle;
     this.innerPending += 1;
     const answered = (result: ExportResult): void => {
       if (inner === this.inner) this.innerPending -= 1;
@@ -312,82 +258,43 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
   }
 
   /**
-   * Sends held spans oldest first, in batches, up to `maxExportsInFlight` at
-   * a time (one during an outage, sent by the retry timer), until none is
-   * left or an export fails (then the retry timer takes over, and the same
-   * batch is sent again). A batch is prepared once (encoded ahead), before
-   * its first export: from then on it holds none of its spans.
+   * Sends held spans oldest first, one export at a time, until none is left
+   * or an export fails (then the retry timer takes over).
    */
   private pump(): void {
-    const limit = this.outageStartedAt === undefined ? (this.options.maxExportsInFlight ?? EXPORTS_IN_FLIGHT) : 1;
-    while (!this.stopped && this.sending < limit) {
-      let batch = this.batches.find((waiting) => !waiting.sending);
-      if (batch === undefined) {
-        if (this.held.length === 0) break;
-        const items = this.held.splice(0, this.options.maxBatchSize);
-        batch = { items, count: items.length, prepared: false, sending: false };
-        this.batches.push(batch);
-      }
-      this.start(batch);
-      // Answered at once: a failure waits for the retry timer, a success pumps again.
-      if (!batch.sending) return;
+    if (this.inFlight > 0) return; // its answer goes on
+    if (this.stopped || this.held.length === 0) {
+      if (!this.stopped) this.endOutage();
+      this.settleIdle();
+      return;
     }
-    if (this.sending > 0) return; // their answers go on
-    if (!this.stopped && this.batches.length === 0 && this.held.length === 0) this.endOutage();
-    this.settleIdle();
-  }
-
-  private start(batch: Batch<T>): void {
-    batch.sending = true;
-    this.sending += 1;
-    if (batch.prepared || this.inner.prepare === undefined) return this.send(batch);
-    void this.inner.prepare(batch.items).then((prepared) => {
-      batch.items = prepared;
-      batch.prepared = true;
+    const batch = this.held.slice(0, this.options.maxBatchSize);
+    this.inFlight = batch.length;
+    this.exportOnce(batch, (result) => {
+      this.inFlight = 0;
       // abandon() has counted and reported the batch with the rest.
-      if (this.stopped) {
-        this.answered(batch);
-        return;
-      }
-      this.send(batch);
-    });
-  }
-
-  /** The batch is no longer being sent; false, and the pump stops, if the exporter was stopped meanwhile. */
-  private answered(batch: Batch<T>): boolean {
-    batch.sending = false;
-    this.sending -= 1;
-    if (!this.reportedAtShutdown) return true;
-    if (this.sending === 0) this.settleIdle();
-    return false;
-  }
-
-  /** Exports the batch once; on its answer, counts it or keeps it for a retry, and goes on. */
-  private send(batch: Batch<T>): void {
-    const inner = this.inner;
-    this.exportOnce(batch.items, (result) => {
-      if (!this.answered(batch)) return;
+      if (this.reportedAtShutdown) return this.settleIdle();
       if (result.code !== ExportResultCode.SUCCESS && !isPermanent(result.error)) {
         if (this.outageStartedAt === undefined) {
-          this.startOutage(result.error, inner);
+          this.startOutage(result.error);
         } else {
           this.stats.failures += 1;
-          this.renewInner(inner);
+          this.renewInner();
           this.scheduleRetry();
         }
-        if (this.sending === 0) this.settleIdle();
-        return;
+        return this.settleIdle();
       }
-      this.batches.splice(this.batches.indexOf(batch), 1);
+      // Still at the front: hold() drops only spans behind the batch in flight.
+      this.held.splice(0, batch.length);
       if (result.code === ExportResultCode.SUCCESS) {
-        this.stats.delivered += batch.count;
-        if (this.outageStartedAt !== undefined) this.outageDelivered += batch.count;
+        this.stats.delivered += batch.length;
+        this.outageDelivered += batch.length;
       } else if (this.outageStartedAt === undefined) {
-        this.drop(batch.count);
-        this.options.report('error', `collector at ${this.options.target} refused ${batch.count} ${this.nouns.items}: ${describe(result.error)}; they are dropped`);
+        this.drop(batch.length);
+        this.options.report('error', `collector at ${this.options.target} refused ${batch.length} ${this.nouns.items}: ${describe(result.error)}; they are dropped`);
       } else {
-        this.drop(batch.count);
-        this.outageDropped += batch.count;
+        this.drop(batch.length);
+        this.outageDropped += batch.length;
       }
       // Not from within the answer: an exporter that answers at once would recurse per batch.
       queueMicrotask(() => this.pump());
@@ -420,7 +327,7 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
 
   /** Tries once more to deliver held spans (at shutdown); the caller bounds the time, see abandon(). */
   async forceFlush(): Promise<void> {
-    if ((this.held.length > 0 || this.batches.length > 0) && !this.stopped) {
+    if (this.held.length > 0 && !this.stopped) {
       clearTimeout(this.retryTimer);
       this.retryTimer = undefined;
       const idle = this.whenIdle();
@@ -442,7 +349,7 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     const count = this.reportUndelivered();
-    for (const settle of [...this.settleInFlight]) settle({ code: ExportResultCode.FAILED, error: new Error('given up at shutdown') });
+    this.settleInFlight?.({ code: ExportResultCode.FAILED, error: new Error('given up at shutdown') });
     this.settleIdle();
     return count;
   }
@@ -451,8 +358,7 @@ export class RetryingExporter<T = ReadableSpan> implements ItemExporter<T> {
   private reportUndelivered(): number {
     if (this.reportedAtShutdown) return 0;
     this.reportedAtShutdown = true;
-    const count = this.held.length + this.batched();
-    this.batches = [];
+    const count = this.held.length;
     if (count > 0) {
       this.drop(count);
       this.options.report('error', `${count} ${this.nouns.items} not delivered at shutdown: collector at ${this.options.target} unreachable`);

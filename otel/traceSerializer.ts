@@ -711,42 +711,32 @@ async function encodeGroupsInSlices<T extends Grouped>(
 
 /** A serializer that can encode a batch ahead of its export, in slices (see {@link encodeInSlices}). */
 export interface EncodedAhead<T> {
-  /**
-   * Encodes the batch, and resolves to a batch that stands in for it: as
-   * long, holding none of its items, whose serializeRequest returns the
-   * bytes encoded ahead, at every export of it (a retry sends the same
-   * request). The items can be collected once it resolves.
-   */
-  encodeAhead(items: T[]): Promise<T[]>;
-  /** Whether the batch is one {@link encodeAhead} resolved to. */
-  isEncodedAhead(items: T[]): boolean;
+  /** Encodes the batch; the exporter's serializeRequest of this same array then returns the bytes at once. */
+  encodeAhead(items: T[]): Promise<void>;
 }
 
 /**
  * The request encoders of a signal (spans, log records), from how it writes
  * one item and the groups around them: `serializeRequest` hands over the
- * bytes encoded ahead for a batch that stands in for one, or encodes the
- * batch in one pass.
+ * bytes encoded ahead for that batch, once, or encodes it in one pass.
  */
 export function requestEncoders<T extends Grouped>(
   writeItem: (item: T) => void,
   writeGroups: (groups: Groups<T>) => void,
 ): EncodedAhead<T> & { serializeRequest(items: T[]): Uint8Array } {
-  /** Requests encoded ahead, by the batch that stands in for theirs: they live as long as it. */
+  /** Requests encoded ahead, by the batch the exporter is given. */
   const ahead = new WeakMap<T[], Uint8Array>();
   return {
     serializeRequest(items: T[]): Uint8Array {
-      return ahead.get(items) ?? encodeRequest(() => writeGroups(groupByResourceAndScope(items)));
+      const bytes = ahead.get(items);
+      if (bytes !== undefined) {
+        ahead.delete(items);
+        return bytes;
+      }
+      return encodeRequest(() => writeGroups(groupByResourceAndScope(items)));
     },
-    async encodeAhead(items: T[]): Promise<T[]> {
-      const bytes = await encodeInSlices(items, writeItem, writeGroups);
-      // As long as the batch (the exporters' self-metrics count its length), with no item in it.
-      const standIn = new Array<T>(items.length);
-      ahead.set(standIn, bytes);
-      return standIn;
-    },
-    isEncodedAhead(items: T[]): boolean {
-      return ahead.has(items);
+    async encodeAhead(items: T[]): Promise<void> {
+      ahead.set(items, await encodeInSlices(items, writeItem, writeGroups));
     },
   };
 }
