@@ -20,7 +20,8 @@
  * that write it are also given against), `kit`
  * (traces only, exporting to a local OTLP/gRPC sink), `kit-http` (the same over
  * OTLP/HTTP protobuf), `metrics` (traces and
- * metrics to the same sink), `all` (traces, metrics and logs), `textbook`
+ * metrics to the same sink), `all` (traces, metrics and logs) and `all-http`
+ * (the same over OTLP/HTTP protobuf), `textbook`
  * (the NodeSDK preload the guides show, same sink), the peers `dd-trace` and
  * `elastic` (another vendor's agent preloaded instead, installed into
  * bench/.peers/ on first use, sending to the sink's stand-in for its agent)

@@ -134,6 +134,24 @@ const CONFIGS = [
     records: true,
     env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_LOGS_EXPORTER: 'otlp', ACCESS_LOG: 'true' }),
   },
+  // The same three signals over the other standard transport (the
+  // specification's default), as kit-http is to kit.
+  {
+    id: 'all-http',
+    against: 'off-access',
+    title: 'kit, all three signals as all, over OTLP/HTTP protobuf (OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)',
+    short: 'kit, all three over HTTP',
+    kind: 'pm2',
+    traced: true,
+    records: true,
+    env: (sink) => ({
+      OTEL_EXPORTER_OTLP_ENDPOINT: sink.httpUrl,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+      OTEL_METRIC_EXPORT_INTERVAL: '10000',
+      OTEL_LOGS_EXPORTER: 'otlp',
+      ACCESS_LOG: 'true',
+    }),
+  },
   // The peers: another vendor's agent preloaded into the same app, in place
   // of the kit's preload, sending to the sink's stand-in for its agent, with
   // every extra that would need the network off.
