@@ -53,6 +53,19 @@ const BSP_SCHEDULE_DELAY_MS = 5000;
 const DD_TRACE = { name: 'dd-trace', version: '6.21.0', preload: 'init.js' };
 const ELASTIC_APM = { name: 'elastic-apm-node', version: '4.18.0', preload: 'start.js' };
 
+/** @type {(sink: Sink) => Record<string, string>} The kit, traces only, over OTLP/gRPC. */
+const tracesOnly = (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' });
+/** @type {(sink: Sink) => Record<string, string>} The kit, all three signals (metrics every 10 s, the access log as OTLP records too), over OTLP/gRPC. */
+const allSignals = (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_LOGS_EXPORTER: 'otlp', ACCESS_LOG: 'true' });
+
+/**
+ * The same env over OTLP/HTTP protobuf, to the sink's HTTP port: a config and
+ * its HTTP twin differ in the transport alone.
+ * @param {(sink: Sink) => Record<string, string>} env
+ * @returns {(sink: Sink) => Record<string, string>}
+ */
+const overHttp = (env) => (sink) => ({ ...env(sink), OTEL_EXPORTER_OTLP_ENDPOINT: sink.httpUrl, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' });
+
 /** @type {Config[]} */
 const CONFIGS = [
   // The access log is off unless a config says otherwise, so that the
@@ -75,7 +88,7 @@ const CONFIGS = [
     short: 'kit, traces',
     kind: 'pm2',
     traced: true,
-    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
+    env: tracesOnly,
   },
   // The same traces over the other standard transport, for a collector that
   // takes OTLP/HTTP (port 4318): what the choice of protocol costs.
@@ -85,7 +98,7 @@ const CONFIGS = [
     short: 'kit, traces over HTTP',
     kind: 'pm2',
     traced: true,
-    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.httpUrl, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf', OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
+    env: overHttp(tracesOnly),
   },
   {
     id: 'access',
@@ -122,7 +135,7 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     preload: path.join(__dirname, '..', 'textbook-preload.js'),
-    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRICS_EXPORTER: 'none', OTEL_LOGS_EXPORTER: 'none', ACCESS_LOG: 'false' }),
+    env: tracesOnly,
   },
   {
     id: 'all',
@@ -132,7 +145,7 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     records: true,
-    env: (sink) => ({ OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_METRIC_EXPORT_INTERVAL: '10000', OTEL_LOGS_EXPORTER: 'otlp', ACCESS_LOG: 'true' }),
+    env: allSignals,
   },
   // The same three signals over the other standard transport (the
   // specification's default), as kit-http is to kit.
@@ -144,13 +157,7 @@ const CONFIGS = [
     kind: 'pm2',
     traced: true,
     records: true,
-    env: (sink) => ({
-      OTEL_EXPORTER_OTLP_ENDPOINT: sink.httpUrl,
-      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
-      OTEL_METRIC_EXPORT_INTERVAL: '10000',
-      OTEL_LOGS_EXPORTER: 'otlp',
-      ACCESS_LOG: 'true',
-    }),
+    env: overHttp(allSignals),
   },
   // The peers: another vendor's agent preloaded into the same app, in place
   // of the kit's preload, sending to the sink's stand-in for its agent, with
