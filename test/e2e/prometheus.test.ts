@@ -140,6 +140,7 @@ async function sleep(ms: number): Promise<void> {
     await prometheus.waitFor('kit_worker_up', (r) => r.length === 4 && r.every((s) => !oldIds.has(s.metric.service_instance_id)));
     await sleep(2000);
     const result = await load.stop();
+    expect(result.errors).toEqual([]);
     expect(result.failed).toBe(0);
     await sleep(2000); // one more scrape after the load
     const window = `${Math.ceil((Date.now() - started) / 1000) + 2}s`;
