@@ -2,13 +2,12 @@
  * The log record exporters for `OTEL_LOGS_EXPORTER`: the OTLP ones, and a
  * JSON-line one for `console`.
  *
- * For `grpc` and `http/protobuf`, the exporter is assembled as
+ * For `grpc` and `http/protobuf`, the exporter is assembled exactly as
  * `@opentelemetry/exporter-logs-otlp-grpc` and `-proto` assemble theirs (the
- * same exporter base, export delegate, retries, configuration from the standard
+ * same export delegate, transport, retries, configuration from the standard
  * `OTEL_EXPORTER_OTLP_*` variables, which `settings.ts` has checked, and
  * self-metrics), with the kit's byte-identical and faster protobuf
- * serializer (see `logSerializer.ts`) and, for `grpc`, the kit's transport on
- * `node:http2` (see `grpcTransport.ts`), as `otlpTraceExporter.ts` does for
+ * serializer (see `logSerializer.ts`), as `otlpTraceExporter.ts` does for
  * spans. `http/json` keeps the library's exporter. Each package is required
  * only for the protocol in use.
  */
@@ -23,11 +22,21 @@ export function createOtlpLogExporter(protocol: OtlpProtocol, url: string): LogR
   switch (protocol) {
     case 'grpc': {
       const { OTLPExporterBase } = require('@opentelemetry/otlp-exporter-base') as typeof import('@opentelemetry/otlp-exporter-base');
+      const { createOtlpGrpcExportDelegate, convertLegacyOtlpGrpcOptions } = require('@opentelemetry/otlp-grpc-exporter-base') as typeof import('@opentelemetry/otlp-grpc-exporter-base');
       const { LogsExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
       const { FastProtobufLogsSerializer } = require('./logSerializer') as typeof import('./logSerializer');
-      const { createHttp2GrpcExportDelegate } = require('./grpcTransport') as typeof import('./grpcTransport');
       return new EncodeAheadExporter(
-        new OTLPExporterBase(createHttp2GrpcExportDelegate(url, 'LOGS', FastProtobufLogsSerializer, 'otlp_grpc_log_exporter', LogsExporterMetricsHelper, '/opentelemetry.proto.collector.logs.v1.LogsService/Export')),
+        new OTLPExporterBase(
+          createOtlpGrpcExportDelegate(
+            convertLegacyOtlpGrpcOptions({ url }, 'LOGS'),
+            FastProtobufLogsSerializer,
+            'otlp_grpc_log_exporter',
+            LogsExporterMetricsHelper,
+            undefined,
+            'LogsExportService',
+            '/opentelemetry.proto.collector.logs.v1.LogsService/Export',
+          ),
+        ),
         FastProtobufLogsSerializer,
       );
     }

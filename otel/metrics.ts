@@ -110,20 +110,14 @@ const TEMPORALITY = { delta: 0, cumulative: 1, lowmemory: 2 } as const;
  * The library's OTLP metric exporter for the protocol; it reads headers,
  * compression and timeout from the standard variables, and takes the
  * temporality and histogram aggregation the settings read (the library does
- * not read OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION). Over
- * `grpc`, it is the library's exporter on the kit's transport (see
- * `grpcTransport.ts`), as for spans and log records.
+ * not read OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION).
  */
 export function createOtlpMetricExporter(protocol: OtlpProtocol, url: string, temporality: MetricsSettings['temporality'], histograms: MetricsSettings['histogramAggregation']): PushMetricExporter {
   const config = { url, temporalityPreference: TEMPORALITY[temporality], aggregationPreference: histograms === 'explicit_bucket_histogram' ? undefined : exponentialHistograms() };
   switch (protocol) {
     case 'grpc': {
-      // As @opentelemetry/exporter-metrics-otlp-grpc assembles it, on the kit's transport.
-      const { OTLPMetricExporterBase } = require('@opentelemetry/exporter-metrics-otlp-http') as typeof import('@opentelemetry/exporter-metrics-otlp-http');
-      const { ProtobufMetricsSerializer, MetricsExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
-      const { createHttp2GrpcExportDelegate } = require('./grpcTransport') as typeof import('./grpcTransport');
-      const delegate = createHttp2GrpcExportDelegate(url, 'METRICS', ProtobufMetricsSerializer, 'otlp_grpc_metric_exporter', MetricsExporterMetricsHelper, '/opentelemetry.proto.collector.metrics.v1.MetricsService/Export');
-      return new OTLPMetricExporterBase(delegate, config);
+      const { OTLPMetricExporter } = require('@opentelemetry/exporter-metrics-otlp-grpc') as typeof import('@opentelemetry/exporter-metrics-otlp-grpc');
+      return new OTLPMetricExporter(config);
     }
     case 'http/protobuf': {
       const { OTLPMetricExporter } = require('@opentelemetry/exporter-metrics-otlp-proto') as typeof import('@opentelemetry/exporter-metrics-otlp-proto');

@@ -1,12 +1,10 @@
 /**
- * The OTLP trace exporters for `grpc` and `http/protobuf`, assembled as
- * `@opentelemetry/exporter-trace-otlp-grpc` and `-proto` assemble theirs
- * (the same exporter base, export delegate, retries, configuration from the
- * standard `OTEL_EXPORTER_OTLP_*` variables and self-metrics), with the
- * protobuf serializer swapped for the kit's byte-identical and faster one
- * (see `traceSerializer.ts`), and for `grpc` the transport: grpc-js for the
- * kit's on `node:http2` (see `grpcTransport.ts`). `http/json` keeps the
- * library's exporter.
+ * The OTLP trace exporters for `grpc` and `http/protobuf`, assembled exactly
+ * as `@opentelemetry/exporter-trace-otlp-grpc` and `-proto` assemble theirs
+ * (the same export delegate, transport, retries, configuration from the
+ * standard `OTEL_EXPORTER_OTLP_*` variables and self-metrics), with one part
+ * swapped: the protobuf serializer, for the kit's byte-identical and faster
+ * one (see `traceSerializer.ts`). `http/json` keeps the library's exporter.
  *
  * Each package is required only for the protocol in use.
  */
@@ -55,11 +53,21 @@ export function createOtlpTraceExporter(protocol: OtlpProtocol, url: string): Sp
   switch (protocol) {
     case 'grpc': {
       const { OTLPExporterBase } = require('@opentelemetry/otlp-exporter-base') as typeof import('@opentelemetry/otlp-exporter-base');
+      const { createOtlpGrpcExportDelegate, convertLegacyOtlpGrpcOptions } = require('@opentelemetry/otlp-grpc-exporter-base') as typeof import('@opentelemetry/otlp-grpc-exporter-base');
       const { TraceExporterMetricsHelper } = require('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
       const { FastProtobufTraceSerializer } = require('./traceSerializer') as typeof import('./traceSerializer');
-      const { createHttp2GrpcExportDelegate } = require('./grpcTransport') as typeof import('./grpcTransport');
       return new EncodeAheadExporter(
-        new OTLPExporterBase(createHttp2GrpcExportDelegate(url, 'TRACES', FastProtobufTraceSerializer, 'otlp_grpc_span_exporter', TraceExporterMetricsHelper, '/opentelemetry.proto.collector.trace.v1.TraceService/Export')),
+        new OTLPExporterBase(
+          createOtlpGrpcExportDelegate(
+            convertLegacyOtlpGrpcOptions({ url }, 'TRACES'),
+            FastProtobufTraceSerializer,
+            'otlp_grpc_span_exporter',
+            TraceExporterMetricsHelper,
+            undefined,
+            'TraceExportService',
+            '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
+          ),
+        ),
         FastProtobufTraceSerializer,
       );
     }

@@ -159,29 +159,6 @@ const CONFIGS = [
     records: true,
     env: overHttp(allSignals),
   },
-  // The kit on the library's gRPC transport (grpc-js) instead of its own on
-  // node:http2 (otel/grpcTransport.ts): the measured reason for that
-  // replacement, as kit and all are otherwise.
-  {
-    id: 'kit-grpcjs',
-    title: 'kit, traces only as kit, on the library\'s gRPC transport (grpc-js) instead of the kit\'s (bench/grpcjs-preload.js)',
-    short: 'kit on grpc-js',
-    kind: 'pm2',
-    traced: true,
-    preload: path.join(__dirname, '..', 'grpcjs-preload.js'),
-    env: tracesOnly,
-  },
-  {
-    id: 'all-grpcjs',
-    against: 'off-access',
-    title: 'kit, all three signals as all, on the library\'s gRPC transport (grpc-js) instead of the kit\'s (bench/grpcjs-preload.js)',
-    short: 'all three on grpc-js',
-    kind: 'pm2',
-    traced: true,
-    records: true,
-    preload: path.join(__dirname, '..', 'grpcjs-preload.js'),
-    env: allSignals,
-  },
   // The peers: another vendor's agent preloaded into the same app, in place
   // of the kit's preload, sending to the sink's stand-in for its agent, with
   // every extra that would need the network off.

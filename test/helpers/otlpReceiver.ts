@@ -166,12 +166,6 @@ export interface ReceiverOptions {
    * than the exporter's timeout); the spans are recorded on arrival. Unset: at once.
    */
   answerAfterMs?: number;
-  /**
-   * Serve gRPC over TLS with this key and certificate (PEM), and require a
-   * client certificate signed by `clientCa` when it is set. `grpcUrl` is
-   * then `https://`.
-   */
-  grpcTls?: { key: Buffer; cert: Buffer; clientCa?: Buffer };
 }
 
 const GRPC_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
@@ -469,13 +463,9 @@ function listen(server: http.Server, port: number, host: string): Promise<number
   });
 }
 
-function bindGrpc(server: grpc.Server, port: number, host: string, tls: ReceiverOptions['grpcTls']): Promise<number> {
-  const credentials =
-    tls === undefined
-      ? grpc.ServerCredentials.createInsecure()
-      : grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ private_key: tls.key, cert_chain: tls.cert }], tls.clientCa !== undefined);
+function bindGrpc(server: grpc.Server, port: number, host: string): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(`${host}:${port}`, credentials, (err, boundPort) =>
+    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, boundPort) =>
       err ? reject(err) : resolve(boundPort),
     );
   });
@@ -664,7 +654,7 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
   let grpcPort: number;
   let httpPort: number;
   try {
-    grpcPort = await bindGrpc(grpcServer, options.grpcPort ?? 0, host, options.grpcTls);
+    grpcPort = await bindGrpc(grpcServer, options.grpcPort ?? 0, host);
     httpPort = await listen(httpServer, options.httpPort ?? 0, host);
   } catch (err) {
     grpcServer.forceShutdown();
@@ -673,7 +663,7 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Otlp
   }
 
   return {
-    grpcUrl: `${options.grpcTls === undefined ? 'http' : 'https'}://${host}:${grpcPort}`,
+    grpcUrl: `http://${host}:${grpcPort}`,
     httpUrl: `http://${host}:${httpPort}`,
     get spans() {
       return spans;
