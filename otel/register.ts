@@ -233,7 +233,7 @@ function start(): void {
   const metricReaders = createMetricReaders(settings, pm2, secrets, server?.durations);
   const logRecordProcessors = createLogRecordProcessors(settings, secrets);
   const { defaultResource, detectResources, resourceFromAttributes } = require('@opentelemetry/resources') as typeof import('@opentelemetry/resources');
-  const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
+  const { NodeSDK } = (require('./nodeSdk') as typeof import('./nodeSdk')).requireNodeSdk();
   // Each process writes its own series: a fresh service.instance.id, even
   // with the serviceinstance detector off (which, on, sets its own). Two
   // workers of one PM2 slot overlap during `pm2 reload`; a shared id would

@@ -191,6 +191,32 @@ describe('the lean default', () => {
   });
 });
 
+describe('what the preload loads', () => {
+  /** The packages a probe sees loaded under the preload with `env`. */
+  async function packagesWith(env: Record<string, string>): Promise<string[]> {
+    const probe = start(path.join(FIXTURES, 'probe.js'), { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.grpcUrl, ...env });
+    await probe.exited;
+    return (JSON.parse(probe.stdout()) as { packages: string[] }).packages;
+  }
+
+  test('NodeSDK\'s exporters, B3 and config-file reader stay unloaded until NodeSDK reads them (otel/nodeSdk.ts)', async () => {
+    // All three signals over gRPC, then over OTLP/HTTP: the kit builds its
+    // own exporters from the library's parts; NodeSDK's are not needed.
+    const grpc = await packagesWith({ OTEL_LOGS_EXPORTER: 'otlp' });
+    const overHttp = await packagesWith({ OTEL_LOGS_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' });
+    for (const packages of [grpc, overHttp]) {
+      expect(packages).toEqual(expect.arrayContaining(['@opentelemetry/sdk-node', '@opentelemetry/sdk-logs', '@opentelemetry/sdk-metrics']));
+      const unneeded = ['@opentelemetry/configuration', 'yaml', '@opentelemetry/exporter-zipkin', '@opentelemetry/propagator-b3', '@opentelemetry/exporter-prometheus', '@opentelemetry/exporter-trace-otlp-grpc', '@opentelemetry/exporter-trace-otlp-http', '@opentelemetry/exporter-trace-otlp-proto', '@opentelemetry/exporter-logs-otlp-grpc', '@opentelemetry/exporter-logs-otlp-http', '@opentelemetry/exporter-logs-otlp-proto'];
+      expect(packages.filter((name) => unneeded.includes(name))).toEqual([]);
+    }
+    // The metrics exporters the kit's readers use are the library's own.
+    expect(grpc).toContain('@opentelemetry/exporter-metrics-otlp-grpc');
+    expect(overHttp).toContain('@opentelemetry/exporter-metrics-otlp-proto');
+    // A propagator NodeSDK builds from OTEL_PROPAGATORS is loaded when it does (its behaviour: settingsAtRuntime.test.ts).
+    expect(await packagesWith({ OTEL_PROPAGATORS: 'b3' })).toContain('@opentelemetry/propagator-b3');
+  });
+});
+
 describe('OTEL_SDK_DISABLED=true', () => {
   test('patches nothing and loads no OpenTelemetry module', async () => {
     const enabled = start(path.join(FIXTURES, 'probe.js'), {});
@@ -205,7 +231,7 @@ describe('OTEL_SDK_DISABLED=true', () => {
 
     const disabled = start(path.join(FIXTURES, 'probe.js'), { OTEL_SDK_DISABLED: 'true' });
     await disabled.exited;
-    expect(JSON.parse(disabled.stdout())).toEqual({ httpPatched: false, otelModules: 0, tracerProvider: null, loggerProvider: null, logsExporter: null });
+    expect(JSON.parse(disabled.stdout())).toEqual({ httpPatched: false, otelModules: 0, tracerProvider: null, loggerProvider: null, logsExporter: null, packages: [] });
     expect(disabled.stderr()).toBe('');
   });
 
