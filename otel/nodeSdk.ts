@@ -4,8 +4,9 @@
  *
  * NodeSDK's files require every exporter it can build from the environment
  * or a configuration file (OTLP traces, metrics and logs over gRPC, HTTP and
- * protobuf, Prometheus, Zipkin), the B3 propagator and the configuration-file
- * reader (with its YAML parser): ~120 modules (what deferring them saves in
+ * protobuf, Prometheus, Zipkin; gRPC's transport even when the kit sends over
+ * HTTP), the B3 propagator and the configuration-file reader (with its YAML
+ * parser): ~120 modules (what deferring them saves in
  * RSS and time to the first response: README, Performance). The kit hands NodeSDK
  * its own processors and readers, so NodeSDK builds none of them, except the
  * propagators `OTEL_PROPAGATORS` names.
@@ -37,10 +38,12 @@ export const DEFERRED_MODULES: ReadonlySet<string> = new Set([
   '@opentelemetry/exporter-trace-otlp-http',
   '@opentelemetry/exporter-trace-otlp-proto',
   '@opentelemetry/exporter-zipkin',
+  '@opentelemetry/otlp-exporter-base',
+  '@opentelemetry/otlp-grpc-exporter-base',
   '@opentelemetry/propagator-b3',
 ]);
 
-type Load = (request: string, parent: NodeJS.Module | null | undefined, isMain: boolean) => unknown;
+type Load = (request: string, parent: NodeJS.Module | null | undefined, ...rest: unknown[]) => unknown;
 type ModuleLoader = { _load: Load };
 
 /** A stand-in for a module's exports that loads the module at the first read. */
@@ -68,15 +71,17 @@ export function requireNodeSdk(): typeof import('@opentelemetry/sdk-node') {
   const load = loader._load;
   // Its files (`dist/*.cjs`) sit beside its entry point.
   const sdkDir = path.dirname(require.resolve('@opentelemetry/sdk-node')) + path.sep;
-  loader._load = function loadDeferring(this: unknown, request, parent, isMain) {
+  const loadDeferring: Load = function (this: unknown, request, parent, ...rest) {
     if (DEFERRED_MODULES.has(request) && parent?.filename?.startsWith(sdkDir) === true) {
-      return deferred(() => load.call(Module, request, parent, isMain) as object);
+      return deferred(() => load.call(Module, request, parent, ...rest) as object);
     }
-    return load.call(this, request, parent, isMain);
+    return load.call(this, request, parent, ...rest);
   };
+  loader._load = loadDeferring;
   try {
     return require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
   } finally {
-    loader._load = load;
+    // Unless someone wrapped it in turn meanwhile (theirs then calls ours, which passes through).
+    if (loader._load === loadDeferring) loader._load = load;
   }
 }

@@ -209,9 +209,10 @@ describe('what the preload loads', () => {
       const unneeded = ['@opentelemetry/configuration', 'yaml', '@opentelemetry/exporter-zipkin', '@opentelemetry/propagator-b3', '@opentelemetry/exporter-prometheus', '@opentelemetry/exporter-trace-otlp-grpc', '@opentelemetry/exporter-trace-otlp-http', '@opentelemetry/exporter-trace-otlp-proto', '@opentelemetry/exporter-logs-otlp-grpc', '@opentelemetry/exporter-logs-otlp-http', '@opentelemetry/exporter-logs-otlp-proto'];
       expect(packages.filter((name) => unneeded.includes(name))).toEqual([]);
     }
-    // The metrics exporters the kit's readers use are the library's own.
-    expect(grpc).toContain('@opentelemetry/exporter-metrics-otlp-grpc');
+    // The metrics exporters the kit's readers use are the library's own; gRPC's transport only where it is used.
+    expect(grpc).toEqual(expect.arrayContaining(['@opentelemetry/exporter-metrics-otlp-grpc', '@grpc/grpc-js']));
     expect(overHttp).toContain('@opentelemetry/exporter-metrics-otlp-proto');
+    expect(overHttp.filter((name) => name.includes('grpc'))).toEqual([]);
     // A propagator NodeSDK builds from OTEL_PROPAGATORS is loaded when it does (its behaviour: settingsAtRuntime.test.ts).
     expect(await packagesWith({ OTEL_PROPAGATORS: 'b3' })).toContain('@opentelemetry/propagator-b3');
   });
