@@ -6,7 +6,7 @@
  * or a configuration file (OTLP traces, metrics and logs over gRPC, HTTP and
  * protobuf, Prometheus, Zipkin; gRPC's transport even when the kit sends over
  * HTTP), the B3 propagator and the configuration-file reader (with its YAML
- * parser): ~120 modules (what deferring them saves in
+ * parser): 125–200 modules (what deferring them saves in
  * RSS and time to the first response: README, Performance). The kit hands NodeSDK
  * its own processors and readers, so NodeSDK builds none of them, except the
  * propagators `OTEL_PROPAGATORS` names.
