@@ -25,7 +25,7 @@ import Module from 'node:module';
 import path from 'node:path';
 
 /** The modules NodeSDK requires at load and reads only to build what the kit builds itself (or the propagators named). */
-export const DEFERRED_MODULES: ReadonlySet<string> = new Set([
+const DEFERRED_MODULES: ReadonlySet<string> = new Set([
   '@opentelemetry/configuration',
   '@opentelemetry/exporter-logs-otlp-grpc',
   '@opentelemetry/exporter-logs-otlp-http',
